@@ -1,0 +1,89 @@
+"""The exception tree of integration-sender.
+
+Every error the core raises or expects from an adapter derives from ``SenderError``::
+
+    SenderError
+    ├── ConfigError            bad configuration; names the key path (exit code 2)
+    ├── MessageError           an invalid trigger message (rejected, never retried)
+    ├── SourceError            a batch cannot be read: missing path, no _SUCCESS, corrupt file
+    ├── LedgerError            the ledger cannot be read or written
+    ├── TriggerError           the trigger (queue, spool, broker) cannot be reached
+    └── DeliveryError          one chunk could not be delivered to one target
+        ├── RetryableError     try again later (connection errors, timeouts, 429, 5xx);
+        │                      carries an optional ``retry_after`` in seconds
+        └── PermanentError     retrying cannot help (other 4xx, rejected payload)
+
+Adapters translate vendor exceptions (aiohttp, botocore, google, aio-pika) into this tree at
+their boundary and keep the original as ``__cause__``; vendor errors never reach the core.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "LedgerError",
+    "MessageError",
+    "PermanentError",
+    "RetryableError",
+    "SenderError",
+    "SourceError",
+    "TriggerError",
+]
+
+
+class SenderError(Exception):
+    """Root of every error integration-sender raises on purpose."""
+
+
+class ConfigError(SenderError):
+    """The configuration is invalid. ``str()`` lists every problem as ``key.path: reason``."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class MessageError(SenderError):
+    """A trigger message is malformed or names something unknown; it is rejected, not retried."""
+
+
+class SourceError(SenderError):
+    """A batch cannot be read (missing object or bucket, no ``_SUCCESS``, corrupt file)."""
+
+
+class LedgerError(SenderError):
+    """The ledger cannot be reached, read or written."""
+
+
+class TriggerError(SenderError):
+    """The trigger's queue or broker cannot be reached."""
+
+
+class DeliveryError(SenderError):
+    """A chunk could not be delivered to a target. ``attempts`` is set by the retry policy
+    to the number of attempts made before giving up."""
+
+    attempts: int | None = None
+
+
+class RetryableError(DeliveryError):
+    """A transient failure: the same request may succeed later.
+
+    ``retry_after`` (seconds) is the receiver's own word on when to come back
+    (``Retry-After``, ``RateLimit-Reset``); the retry policy honours it.
+    """
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """The receiver refused the chunk for good (a 4xx other than 408/425/429)."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status

@@ -1,0 +1,94 @@
+"""Structured logs: stable event names with fields, JSON off a terminal, secrets masked.
+
+Every secret the config loads (``${file:...}`` values, tokens, header values, passwords in
+URLs) is registered here, and a processor replaces it in every log line, whatever field or
+exception text carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger", "mask", "register_secret"]
+
+_secrets: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Never print ``value``. Short values are skipped: masking "a" would mask every "a"."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def mask(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _mask_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_mask_values(v) for v in value)
+    return value
+
+
+def _mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    if not _secrets:
+        return event_dict
+    return {key: _mask_values(value) for key, value in event_dict.items()}
+
+
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is now (not the one at configure time), so test
+    capture and redirection keep working."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
+def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
+    """Route structlog to stderr: JSON lines unless stderr is a terminal (or ``json`` says)."""
+    level_name = (level or os.environ.get("SENDER_LOG_LEVEL") or "info").upper()
+    if json is None:
+        json = os.environ.get("SENDER_LOG_FORMAT", "") == "json" or not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _mask_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level_name, logging.INFO)
+        ),
+        logger_factory=_stderr_logger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

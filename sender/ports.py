@@ -1,0 +1,266 @@
+"""The ports: what the core needs from the outside world, and nothing more.
+
+Adapters (``adapters/``) implement these Protocols and register under an entry-point group
+(``sender.sources``, ``sender.triggers``, ``sender.destinations``, ``sender.ledgers``); the
+composition root looks them up by ``type``. Every adapter is an async context manager whose
+``aclose()`` is idempotent. Each adapter class declares ``Options``, the pydantic model of its
+config section, so a third-party adapter validates its own keys with the same key-path errors
+as the built-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from .model import BatchState, ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage
+
+__all__ = [
+    "BatchRecord",
+    "BatchSummary",
+    "ChunkRecord",
+    "Destination",
+    "Envelope",
+    "Ledger",
+    "RouteStats",
+    "Source",
+    "Trigger",
+]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Reads the objects of a batch from storage (local disk, S3, GCS).
+
+    Raises ``SourceError`` for a missing path, bucket or object, or denied access.
+    """
+
+    async def list(self, uri: str) -> list[ObjectInfo]:
+        """Every object under ``uri`` (recursively), sorted by URI; ``[that object]`` when
+        ``uri`` names one object. Markers and hidden files are included: the core applies the
+        Spark layout rules (``_SUCCESS``, ``.crc``, ``_committed_*``)."""
+        ...
+
+    def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        """Stream the object's bytes in bounded pieces, never holding it whole."""
+        ...
+
+    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end): random access for Parquet."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """Takes one encoded, compressed chunk (an HTTP API, a bucket, a queue, a folder).
+
+    ``deliver`` returns a ``Receipt`` or raises ``RetryableError`` (with ``retry_after`` when the
+    receiver said when to come back) or ``PermanentError``; the destination alone decides which,
+    because only it knows what its receiver's answers mean.
+    """
+
+    name: str
+    formats: frozenset[str]  # encodings it accepts: "ndjson", "json", "csv"
+    codecs: frozenset[str]  # compressions it accepts: "none", "gzip", "zstd"
+
+    async def deliver(self, chunk: EncodedChunk) -> Receipt: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What a destination that cares (a bucket drop) learns once a route's chunks are all
+    terminal: every chunk it holds, so it can write a manifest and a completion marker."""
+
+    batch_id: str
+    dataset: str
+    route: str
+    chunks: Sequence[ChunkRecord]
+    complete: bool  # every chunk of the route was delivered to this destination
+
+
+@runtime_checkable
+class Envelope(Protocol):
+    """One trigger message as taken from its queue, with the verbs to settle it."""
+
+    body: bytes
+    message_id: str
+
+    async def ack(self) -> None:
+        """The batch is complete in the ledger: remove the message for good."""
+        ...
+
+    async def reject(self, reason: str) -> None:
+        """An invalid message or a failed batch: to the broker's dead-letter, never retried."""
+        ...
+
+    async def release(self) -> None:
+        """Give the message back for redelivery (shutdown with the batch unfinished)."""
+        ...
+
+    async def extend(self, seconds: float) -> None:
+        """Keep the lease on the message while a long batch runs."""
+        ...
+
+
+@runtime_checkable
+class Trigger(Protocol):
+    """Where the daemon takes trigger messages from (spool directory, HTTP, SQS, AMQP)."""
+
+    def messages(self) -> AsyncIterator[Envelope]:
+        """Yield messages until closed; reconnect on broker loss with backoff."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """True while the trigger can take messages (``/readyz``)."""
+        ...
+
+    async def publish(self, message: TriggerMessage) -> None:
+        """Put a message on the queue, as a pipeline step does (``sender trigger``)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RouteStats:
+    """A route's reconciliation: ``read == delivered + dead_lettered + rejected`` when done."""
+
+    read: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    rejected: int = 0
+    chunks: int = 0
+
+    @property
+    def reconciled(self) -> bool:
+        return self.read == self.delivered + self.dead_lettered + self.rejected
+
+    @classmethod
+    def total(cls, stats: Iterable[RouteStats]) -> RouteStats:
+        total = cls()
+        for item in stats:
+            total.read += item.read
+            total.delivered += item.delivered
+            total.dead_lettered += item.dead_lettered
+            total.rejected += item.rejected
+            total.chunks += item.chunks
+        return total
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "read": self.read,
+            "delivered": self.delivered,
+            "dead_lettered": self.dead_lettered,
+            "rejected": self.rejected,
+            "chunks": self.chunks,
+        }
+
+
+@dataclass(slots=True)
+class ChunkRecord:
+    """The ledger's row for one chunk of one route of one batch."""
+
+    batch_id: str
+    route: str
+    chunk_id: str
+    state: ChunkState
+    records: int = 0
+    raw_size: int = 0
+    kind: str = "data"  # "data", or "rejects" for bad input records
+    idempotency_key: str = ""
+    target: str | None = None  # who took it (a destination name, or the dead-letter store)
+    attempts: int = 0
+    last_error: str | None = None
+    location: str | None = None  # URL, object or file where it now is
+    checksum: str | None = None  # sha256 of the payload as first sent
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """The ledger's row for one batch."""
+
+    batch_id: str
+    dataset: str
+    uri: str
+    state: BatchState
+    message: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    runs: int = 0
+    routes: dict[str, RouteStats] = field(default_factory=dict)
+    objects: list[ObjectInfo] | None = None  # the source as first read (changes are refused)
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+
+    @property
+    def totals(self) -> RouteStats:
+        return RouteStats.total(self.routes.values())
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Durable state of batches and chunks. SQLite by default; PostgreSQL for replicas.
+
+    Every method is one transaction. Raises ``LedgerError`` when the store is unreachable.
+    """
+
+    async def start_batch(self, message: TriggerMessage) -> BatchRecord:
+        """Create the batch (state running), or mark an existing one running again (``runs``
+        + 1, ``error`` cleared), keeping its chunks; return the record."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    async def list_batches(
+        self,
+        *,
+        dataset: str | None = None,
+        state: BatchState | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[BatchRecord]:
+        """Most recent first (by ``created_at``)."""
+        ...
+
+    async def set_objects(self, batch_id: str, objects: Sequence[ObjectInfo]) -> None:
+        """Record the source's objects as first read."""
+        ...
+
+    async def finish_batch(
+        self,
+        batch_id: str,
+        state: BatchState,
+        routes: dict[str, RouteStats],
+        error: str | None = None,
+    ) -> None: ...
+
+    async def chunks(self, batch_id: str, route: str | None = None) -> list[ChunkRecord]:
+        """The batch's chunks ordered by route, then chunk id in natural order."""
+        ...
+
+    async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:
+        """Insert or replace these chunk rows (keyed by batch, route, chunk id) atomically."""
+        ...
+
+    async def acquire_lease(self, batch_id: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the batch's lease for ``owner``; False while another owner holds an
+        unexpired one. A replay and a daemon never send the same batch at once."""
+        ...
+
+    async def release_lease(self, batch_id: str, owner: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``LedgerError`` unless the store answers (``/readyz``)."""
+        ...
+
+    async def aclose(self) -> None: ...
