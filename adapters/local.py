@@ -1,0 +1,192 @@
+"""Local disk: batches in a folder (or one file), and chunks written as readable files.
+
+``LocalDestination`` is the default dead-letter store: each chunk is a payload file plus a
+``.meta.json`` sidecar (batch, route, chunk, records, idempotency key, checksum, and why it is
+there), which on-call can read, and ``sender replay`` can send again byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import orjson
+
+from sender.config import DestinationOptions, LocalPath, SourceOptions
+from sender.errors import RetryableError, SourceError
+from sender.model import EncodedChunk, ObjectInfo, Receipt
+from sender.pipeline import CODEC_EXTENSIONS, EXTENSIONS
+
+__all__ = ["LocalDestination", "LocalSource", "chunk_file_name"]
+
+
+def _path(uri: str) -> Path:
+    return Path(uri.removeprefix("file://")) if uri.startswith("file://") else Path(uri)
+
+
+def _version(stat: os.stat_result) -> str:
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+
+class LocalSource:
+    """Reads ``/path``, ``file:///path`` or a single file from the local filesystem."""
+
+    class Options(SourceOptions):
+        type: Literal["local"] = "local"
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or self.Options()
+
+    async def __aenter__(self) -> LocalSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def list(self, uri: str) -> list[ObjectInfo]:
+        return await asyncio.to_thread(self._list, uri)
+
+    def _list(self, uri: str) -> list[ObjectInfo]:
+        root = _path(uri)
+        try:
+            if root.is_file():
+                return [ObjectInfo(uri, root.stat().st_size, _version(root.stat()))]
+            if not root.is_dir():
+                raise SourceError(f"{uri}: no such file or directory")
+            found = []
+            base = uri.rstrip("/")
+            for folder, dirs, files in os.walk(root, onerror=_raise):
+                dirs.sort()
+                for name in files:
+                    path = Path(folder) / name
+                    stat = path.stat()
+                    relative = path.relative_to(root).as_posix()
+                    found.append(ObjectInfo(f"{base}/{relative}", stat.st_size, _version(stat)))
+        except PermissionError as exc:
+            raise SourceError(f"{uri}: permission denied ({exc.filename})") from exc
+        except OSError as exc:
+            raise SourceError(f"{uri}: cannot list: {exc.strerror}") from exc
+        return sorted(found, key=lambda o: o.uri)
+
+    def local_path(self, obj: ObjectInfo) -> str:
+        """The file behind an object: readers open it directly instead of streaming."""
+        return str(_path(obj.uri))
+
+    async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        size = self.options.read_size
+        try:
+            file = await asyncio.to_thread(open, _path(obj.uri), "rb")
+        except OSError as exc:
+            raise SourceError(f"{obj.uri}: cannot open: {exc.strerror}") from exc
+        try:
+            while piece := await asyncio.to_thread(file.read, size):
+                yield piece
+        except OSError as exc:
+            raise SourceError(f"{obj.uri}: read failed: {exc.strerror}") from exc
+        finally:
+            file.close()
+
+    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        def pread() -> bytes:
+            with open(_path(obj.uri), "rb") as file:
+                return os.pread(file.fileno(), length, start)
+
+        try:
+            return await asyncio.to_thread(pread)
+        except OSError as exc:
+            raise SourceError(f"{obj.uri}: read failed: {exc.strerror}") from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def chunk_file_name(chunk: EncodedChunk) -> str:
+    """``chunk-000007.ndjson.gz``; sub-chunks ``chunk-000007.1.0…``; bad records
+    ``rejects-000000.ndjson``. Zero-padded so that a folder listing is in chunk order."""
+    head, _, tail = chunk.chunk_id.partition(".")
+    number = f"{int(head):06d}" if head.isdigit() else head
+    stem = f"{'chunk' if chunk.kind == 'data' else chunk.kind}-{number}{'.' + tail if tail else ''}"
+    return stem + EXTENSIONS[chunk.format] + CODEC_EXTENSIONS[chunk.codec]
+
+
+class LocalDestination:
+    """Writes each chunk as a file under ``path/prefix`` with a ``.meta.json`` sidecar.
+
+    Writes are atomic (temporary file, then rename), and names are deterministic, so a resend
+    overwrites instead of duplicating.
+    """
+
+    formats = frozenset({"ndjson", "json", "csv"})
+    codecs = frozenset({"none", "gzip", "zstd"})
+
+    class Options(DestinationOptions):
+        type: Literal["local"] = "local"
+        path: LocalPath
+        prefix: str = "{dataset}/{batch_id}/{route}/"
+        compression: Literal["none", "gzip", "zstd"] = "none"
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self.root = Path(options.path)
+
+    async def __aenter__(self) -> LocalDestination:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def folder(self, batch_id: str, dataset: str, route: str) -> Path:
+        prefix = self.options.prefix.format(dataset=dataset, batch_id=batch_id, route=route)
+        return self.root / prefix
+
+    async def deliver(self, chunk: EncodedChunk) -> Receipt:
+        try:
+            path = await asyncio.to_thread(self._write, chunk)
+        except OSError as exc:
+            raise RetryableError(f"cannot write to {self.root}: {exc.strerror}") from exc
+        return Receipt(location=str(path))
+
+    def _write(self, chunk: EncodedChunk) -> Path:
+        folder = self.folder(chunk.batch_id, chunk.dataset, chunk.route)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / chunk_file_name(chunk)
+        meta = {
+            "batch_id": chunk.batch_id,
+            "dataset": chunk.dataset,
+            "route": chunk.route,
+            "chunk": chunk.chunk_id,
+            "kind": chunk.kind,
+            "records": chunk.records,
+            "format": chunk.format,
+            "codec": chunk.codec,
+            "idempotency_key": chunk.idempotency_key,
+            "sha256": chunk.checksum,
+            "written_at": datetime.now(UTC).isoformat(),
+            **chunk.context,
+        }
+        _atomic_write(path, chunk.payload)
+        _atomic_write(
+            path.with_name(path.name + ".meta.json"), orjson.dumps(meta, option=orjson.OPT_INDENT_2)
+        )
+        return path
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,73 @@
+"""The composition root: builds the ledger, sources, targets and engine from the config by
+looking adapters up in the registry, and owns them in one ``AsyncExitStack``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from .config import AppConfig
+from .engine import Engine
+from .hooks import Hooks
+from .ports import Ledger, Source
+from .registry import adapter_class
+from .targets import Target
+
+__all__ = ["App", "ledger_type", "open_ledger"]
+
+
+def ledger_type(url: str) -> str:
+    """``postgresql`` for ``postgresql://`` and ``postgres://`` URLs, else ``sqlite``."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return "postgresql" if scheme in ("postgresql", "postgres") else "sqlite"
+
+
+def open_ledger(url: str) -> Ledger:
+    """The ledger for ``daemon.ledger`` (not yet opened: use it as an async context manager)."""
+    cls = adapter_class("ledger", ledger_type(url))
+    ledger: Ledger = cls.from_url(url)
+    return ledger
+
+
+class App:
+    """Everything a run needs, opened from a config; close it with ``aclose()`` or ``async with``.
+
+    Sources are opened lazily (a batch in ``gs://`` opens the GCS client on first use), so the
+    local demo never imports a cloud SDK.
+    """
+
+    def __init__(self, config: AppConfig, *, hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.hooks = hooks or Hooks()
+        self._stack = contextlib.AsyncExitStack()
+        self._sources: dict[str, Source] = {}
+        self.ledger: Ledger = open_ledger(config.daemon.ledger)
+        self.targets: dict[str, Target] = {}  # filled on enter
+        self.engine = Engine(config, self.ledger, self.targets, self.source_for, hooks=self.hooks)
+
+    async def __aenter__(self) -> App:
+        try:
+            await self._stack.enter_async_context(self.ledger)  # type: ignore[arg-type]
+            for name, section in self.config.destinations.items():
+                destination = section.cls(name, section.options)
+                self._stack.push_async_callback(destination.aclose)
+                self.targets[name] = Target(name, destination, section.options)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    async def source_for(self, uri: str) -> Source:
+        section = self.config.source_for(uri)
+        source = self._sources.get(section.type)
+        if source is None:
+            source = section.cls(section.options)
+            self._stack.push_async_callback(source.aclose)
+            self._sources[section.type] = source
+        return source

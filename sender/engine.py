@@ -1,0 +1,636 @@
+"""The engine: one batch, read once, fanned out to its routes, every chunk driven to a
+terminal state in the ledger.
+
+For each route a chunk is tried on the targets in order (primary, then fallbacks), each under
+its retry policy; when all fail it goes to the route's dead-letter store. If even that fails,
+the batch stops (``DeadLetterUnavailable``), stays incomplete and is resumed later: nothing is
+dropped and nothing is marked done that was not stored somewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .config import AppConfig, RouteConfig
+from .errors import DeliveryError, MessageError, PermanentError, SenderError, SourceError
+from .formats import RecordBlock, list_batch, read_records
+from .hooks import Hooks
+from .log import get_logger
+from .model import (
+    BadRecord,
+    BatchState,
+    ChunkState,
+    EncodedChunk,
+    ObjectInfo,
+    TriggerMessage,
+    idempotency_key,
+)
+from .pipeline import Chunker, Projection, RawChunk, compress, encode
+from .ports import BatchRecord, ChunkRecord, Ledger, RouteStats, Source
+from .targets import Target
+
+__all__ = [
+    "BatchBusy",
+    "BatchOutcome",
+    "DeadLetterUnavailable",
+    "Engine",
+    "default_owner",
+    "encode_chunk",
+]
+
+log = get_logger("sender.engine")
+
+_REJECTS_PER_FILE = 1000
+
+
+class DeadLetterUnavailable(SenderError):
+    """Every target and the dead-letter store failed for a chunk: the batch must stop."""
+
+
+class BatchBusy(SenderError):
+    """Another process (a daemon replica, a replay) holds the batch's lease."""
+
+
+class BadRecordPolicyFailed(SourceError):
+    """``on_bad_record = "fail"`` met a bad record."""
+
+
+def default_owner() -> str:
+    """Who holds a lease: host and process, readable in ``sender status``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    batch_id: str
+    dataset: str
+    state: BatchState
+    routes: dict[str, RouteStats]
+    error: str | None = None
+    already_complete: bool = False
+    duration_s: float = 0.0
+    rejects_stored: int = 0  # bad records written to a dead-letter store
+    fallbacks: int = 0
+
+    @property
+    def totals(self) -> RouteStats:
+        return RouteStats.total(self.routes.values())
+
+    @property
+    def ok(self) -> bool:
+        """Complete, with nothing dead-lettered (``sender send`` exits 0)."""
+        totals = self.totals
+        return (
+            self.state is BatchState.COMPLETE
+            and totals.dead_lettered == 0
+            and self.rejects_stored == 0
+        )
+
+
+def encode_chunk(
+    raw: RawChunk,
+    *,
+    batch_id: str,
+    dataset: str,
+    route: str,
+    format: str,
+    codec: str,
+    level: int | None,
+    columns: Sequence[str] | None,
+    kind: str = "data",
+) -> EncodedChunk:
+    """A raw chunk in one target's format and codec. CPU-bound: call it in a worker thread."""
+    payload = compress(encode(raw.lines, format, columns), codec, level)
+    return EncodedChunk(
+        batch_id=batch_id,
+        dataset=dataset,
+        route=route,
+        chunk_id=raw.chunk_id,
+        records=raw.records,
+        format=format,
+        codec=codec,
+        payload=payload,
+        raw_size=raw.raw_size,
+        idempotency_key=idempotency_key(batch_id, route, raw.chunk_id),
+        kind=kind,
+    )
+
+
+@dataclass
+class _RouteRun:
+    """One route of one running batch: projection, chunking, and the chunks in flight."""
+
+    name: str
+    config: RouteConfig
+    targets: list[Target]
+    dead_letter: Target
+    previous: dict[str, ChunkRecord]
+    stats: RouteStats = field(default_factory=RouteStats)
+    projection: Projection | None = None
+    chunker: Chunker | None = None
+    rejects: list[BadRecord] = field(default_factory=list)
+    rejects_index: int = 0
+    rejects_stored: int = 0
+    fallbacks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.config.fields:
+            self.projection = Projection(self.config.fields)
+        self.chunker = Chunker(self.config.chunk.records, self.config.chunk.bytes)
+
+    @property
+    def columns(self) -> list[str] | None:
+        return list(self.config.fields) if self.config.fields else None
+
+
+class Engine:
+    """Runs batches: reads the source once, delivers every route, keeps the ledger."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        ledger: Ledger,
+        targets: dict[str, Target],
+        source_for: Callable[[str], Awaitable[Source]],
+        *,
+        hooks: Hooks | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.targets = targets
+        self._source_for = source_for
+        self.hooks = hooks or Hooks()
+        self.owner = owner or default_owner()
+
+    def routes_for(self, message: TriggerMessage) -> list[str]:
+        return self.config.routes_for(message.dataset, message.routes)
+
+    async def run_batch(
+        self,
+        message: TriggerMessage,
+        *,
+        stop: asyncio.Event | None = None,
+        force: bool = False,
+    ) -> BatchOutcome:
+        """Deliver a batch, resuming from the ledger; a complete batch sends nothing.
+
+        ``stop`` set: take no new chunks, let those in flight finish, end incomplete.
+        ``force``: read the source even if it changed since the batch was first read.
+        Raises ``BatchBusy`` when another owner holds the batch, ``MessageError`` if no route
+        takes the dataset, ``LedgerError`` if the ledger is down; every other failure is
+        recorded in the ledger and returned as the outcome.
+        """
+        existing = await self.ledger.get_batch(message.batch_id)
+        if existing is not None and existing.state is BatchState.COMPLETE:
+            log.info("batch.already_complete", batch_id=message.batch_id)
+            return BatchOutcome(
+                message.batch_id,
+                message.dataset,
+                existing.state,
+                existing.routes,
+                already_complete=True,
+            )
+        route_names = self.routes_for(message)
+        if not route_names:
+            raise MessageError(f"no route takes dataset {message.dataset!r}")
+        lease_s = self.config.daemon.lease_s
+        if not await self.ledger.acquire_lease(message.batch_id, self.owner, lease_s):
+            holder = existing.lease_owner if existing else "another process"
+            raise BatchBusy(f"batch {message.batch_id} is being sent by {holder}")
+        renewer = asyncio.create_task(self._renew_lease(message.batch_id, lease_s))
+        try:
+            return await self._run(message, route_names, stop or asyncio.Event(), force)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(SenderError):
+                await asyncio.shield(self.ledger.release_lease(message.batch_id, self.owner))
+
+    async def _renew_lease(self, batch_id: str, lease_s: float) -> None:
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await self.ledger.acquire_lease(batch_id, self.owner, lease_s)
+            except SenderError as exc:
+                log.warning("lease.renew_failed", batch_id=batch_id, error=str(exc))
+
+    async def _run(
+        self, message: TriggerMessage, route_names: list[str], stop: asyncio.Event, force: bool
+    ) -> BatchOutcome:
+        started = time.monotonic()
+        record = await self.ledger.start_batch(message)
+        batch_id = message.batch_id
+        resumed = record.runs > 1
+        previous = await self.ledger.chunks(batch_id)
+        by_route: dict[str, dict[str, ChunkRecord]] = {}
+        for chunk in previous:
+            by_route.setdefault(chunk.route, {})[chunk.chunk_id] = chunk
+        runs = [
+            _RouteRun(
+                name,
+                self.config.routes[name],
+                [self.targets[t] for t in self.config.routes[name].targets],
+                self.targets[
+                    self.config.routes[name].dead_letter or self.config.dead_letter_default
+                ],
+                by_route.get(name, {}),
+            )
+            for name in route_names
+        ]
+        self.hooks.batch_started(batch_id, message.dataset, route_names)
+        log.info(
+            "batch.started",
+            batch_id=batch_id,
+            dataset=message.dataset,
+            uri=message.uri,
+            routes=route_names,
+            resumed=resumed,
+        )
+        state, error = BatchState.COMPLETE, None
+        try:
+            await self._deliver_all(message, record, runs, stop, force)
+            if stop.is_set() or any(
+                not c.state.terminal for r in runs for c in r.previous.values()
+            ):
+                state = BatchState.INCOMPLETE
+        except (SourceError, BadRecordPolicyFailed) as exc:
+            state, error = BatchState.FAILED, str(exc)
+        except DeadLetterUnavailable as exc:
+            state, error = BatchState.INCOMPLETE, str(exc)
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self.ledger.finish_batch(
+                    batch_id,
+                    BatchState.INCOMPLETE,
+                    {r.name: r.stats for r in runs},
+                    "interrupted",
+                )
+            )
+            raise
+        duration = time.monotonic() - started
+        routes = {r.name: r.stats for r in runs}
+        if state is BatchState.COMPLETE and message.expected_records is not None:
+            read = max((s.read for s in routes.values()), default=0)
+            if read != message.expected_records:
+                log.warning(
+                    "batch.expected_records_mismatch",
+                    batch_id=batch_id,
+                    expected=message.expected_records,
+                    read=read,
+                )
+        await self.ledger.finish_batch(batch_id, state, routes, error)
+        outcome = BatchOutcome(
+            batch_id,
+            message.dataset,
+            state,
+            routes,
+            error,
+            duration_s=duration,
+            rejects_stored=sum(r.rejects_stored for r in runs),
+            fallbacks=sum(r.fallbacks for r in runs),
+        )
+        self.hooks.batch_finished(batch_id, state.value, duration)
+        totals = outcome.totals
+        log_fields = dict(
+            batch_id=batch_id,
+            dataset=message.dataset,
+            state=state.value,
+            read=totals.read,
+            delivered=totals.delivered,
+            dead_lettered=totals.dead_lettered,
+            rejected=totals.rejected,
+            chunks=totals.chunks,
+            fallbacks=outcome.fallbacks,
+            duration_s=round(duration, 3),
+            reconciled=all(s.reconciled for s in routes.values()),
+        )
+        if error:
+            log.error("batch.finished", error=error, **log_fields)
+        else:
+            log.info("batch.finished", **log_fields)
+        return outcome
+
+    async def _deliver_all(
+        self,
+        message: TriggerMessage,
+        record: BatchRecord,
+        runs: list[_RouteRun],
+        stop: asyncio.Event,
+        force: bool,
+    ) -> None:
+        source = await self._source_for(message.uri)
+        section = self.config.source_for(message.uri)
+        listing = await list_batch(
+            source, message.uri, require_success=section.options.require_success
+        )
+        await self._check_unchanged(message, record, listing.objects, force)
+        in_flight = asyncio.Semaphore(self._in_flight_limit(runs))
+        try:
+            await self._pump(message, source, listing.objects, runs, stop, in_flight)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _pump(
+        self,
+        message: TriggerMessage,
+        source: Source,
+        objects: list[ObjectInfo],
+        runs: list[_RouteRun],
+        stop: asyncio.Event,
+        in_flight: asyncio.Semaphore,
+    ) -> None:
+        read_error: SourceError | None = None
+        async with asyncio.TaskGroup() as group:
+
+            async def submit(run: _RouteRun, raw: RawChunk, kind: str = "data") -> None:
+                run.stats.chunks += kind == "data"
+                done = run.previous.get(raw.chunk_id)
+                if done is not None and done.state.terminal:
+                    self._count(run, done)
+                    return
+                await in_flight.acquire()
+                group.create_task(self._deliver(message, run, raw, kind, in_flight))
+
+            try:
+                await self._feed(message, source, objects, runs, stop, submit)
+            except SourceError as exc:
+                # chunks already in flight still finish, so their outcome is in the ledger
+                read_error = exc
+        if read_error is not None:
+            raise read_error
+
+    async def _feed(
+        self,
+        message: TriggerMessage,
+        source: Source,
+        objects: list[ObjectInfo],
+        runs: list[_RouteRun],
+        stop: asyncio.Event,
+        submit: Callable[..., Awaitable[None]],
+    ) -> None:
+        """Read the batch once and hand every route its chunks, in order."""
+        async for block in read_records(source, objects, message.format):
+            if stop.is_set():
+                return
+            size = sum(map(len, block.lines))
+            self.hooks.records_read(message.batch_id, len(block.lines) + len(block.bad), size)
+            for run in runs:
+                for raw, kind in self._route_block(run, block):
+                    await submit(run, raw, kind)
+        for run in runs:
+            assert run.chunker is not None
+            for raw in run.chunker.finish():
+                await submit(run, raw)
+            for raw in self._flush_rejects(run, final=True):
+                await submit(run, raw, "rejects")
+
+    async def _check_unchanged(
+        self, message: TriggerMessage, record: BatchRecord, objects: list[ObjectInfo], force: bool
+    ) -> None:
+        if record.objects is not None and not force:
+            before = {(o.uri, o.size, o.version) for o in record.objects}
+            now = {(o.uri, o.size, o.version) for o in objects}
+            if before != now:
+                raise SourceError(
+                    f"{message.uri}: the source changed since the batch was first read "
+                    "(replay with --force to send it as it is now)"
+                )
+        if record.objects is None or force:
+            await self.ledger.set_objects(message.batch_id, objects)
+
+    @staticmethod
+    def _in_flight_limit(runs: Sequence[_RouteRun]) -> int:
+        # enough chunks to keep every primary busy, few enough to bound memory
+        return max(2, sum(2 * run.targets[0].concurrency for run in runs))
+
+    def _route_block(self, run: _RouteRun, block: RecordBlock) -> list[tuple[RawChunk, str]]:
+        run.stats.read += len(block.lines) + len(block.bad)
+        lines, bad = block.lines, list(block.bad)
+        if run.projection is not None:
+            lines, more = run.projection.apply(lines)
+            bad.extend(more)
+        if bad:
+            self._bad_records(run, bad)
+        assert run.chunker is not None
+        out = [(raw, "data") for raw in run.chunker.feed(lines)]
+        out.extend((raw, "rejects") for raw in self._flush_rejects(run, final=False))
+        return out
+
+    def _bad_records(self, run: _RouteRun, bad: list[BadRecord]) -> None:
+        first = bad[0]
+        if run.config.on_bad_record == "fail":
+            raise BadRecordPolicyFailed(
+                f"bad record at {first.location}: {first.reason} (route {run.name} has "
+                "on_bad_record = 'fail')"
+            )
+        log.warning(
+            "records.bad",
+            route=run.name,
+            count=len(bad),
+            first_location=first.location,
+            first_reason=first.reason,
+            policy=run.config.on_bad_record,
+        )
+        run.rejects.extend(bad)
+
+    def _flush_rejects(self, run: _RouteRun, *, final: bool) -> list[RawChunk]:
+        out = []
+        while len(run.rejects) >= _REJECTS_PER_FILE or (final and run.rejects):
+            taken = run.rejects[:_REJECTS_PER_FILE]
+            del run.rejects[:_REJECTS_PER_FILE]
+            lines = [bad.to_json_line() for bad in taken]
+            out.append(RawChunk(f"r{run.rejects_index}", lines, sum(len(x) + 1 for x in lines)))
+            run.rejects_index += 1
+        return out
+
+    @staticmethod
+    def _count(run: _RouteRun, chunk: ChunkRecord) -> None:
+        if chunk.kind == "rejects":
+            run.stats.rejected += chunk.records
+            if chunk.state is ChunkState.DEAD_LETTERED:
+                run.rejects_stored += chunk.records
+        elif chunk.state is ChunkState.DELIVERED:
+            run.stats.delivered += chunk.records
+            if chunk.target != run.targets[0].name:
+                run.fallbacks += 1
+        elif chunk.state is ChunkState.DEAD_LETTERED:
+            run.stats.dead_lettered += chunk.records
+        run.previous[chunk.chunk_id] = chunk
+
+    async def _encode(
+        self, message: TriggerMessage, run: _RouteRun, raw: RawChunk, target: Target, kind: str
+    ) -> EncodedChunk:
+        format = "ndjson" if kind == "rejects" else target.format
+        return await asyncio.to_thread(
+            encode_chunk,
+            raw,
+            batch_id=message.batch_id,
+            dataset=message.dataset,
+            route=run.name,
+            format=format,
+            codec=target.codec,
+            level=target.level,
+            columns=run.columns,
+            kind=kind,
+        )
+
+    async def _deliver(
+        self,
+        message: TriggerMessage,
+        run: _RouteRun,
+        raw: RawChunk,
+        kind: str,
+        in_flight: asyncio.Semaphore,
+    ) -> None:
+        try:
+            chunk_record, wire_size = await self._deliver_chunk(message, run, raw, kind)
+        finally:
+            in_flight.release()
+        await self.ledger.save_chunks([chunk_record])
+        self._count(run, chunk_record)
+        self.hooks.chunk_done(
+            message.batch_id,
+            run.name,
+            chunk_record.state.value,
+            chunk_record.target,
+            chunk_record.records,
+            chunk_record.raw_size,
+            wire_size,
+        )
+
+    async def _deliver_chunk(
+        self, message: TriggerMessage, run: _RouteRun, raw: RawChunk, kind: str
+    ) -> tuple[ChunkRecord, int]:
+        """Try the targets in order, then the dead-letter store; the record and wire bytes."""
+        fields = dict(batch_id=message.batch_id, route=run.name, chunk=raw.chunk_id)
+        record = ChunkRecord(
+            message.batch_id,
+            run.name,
+            raw.chunk_id,
+            ChunkState.PENDING,
+            records=raw.records,
+            raw_size=raw.raw_size,
+            kind=kind,
+            idempotency_key=idempotency_key(message.batch_id, run.name, raw.chunk_id),
+        )
+        errors: list[str] = []
+        if kind == "rejects" and run.config.on_bad_record == "skip":
+            record.state = ChunkState.SKIPPED
+            return record, 0
+        encoded: dict[tuple[str, str, int | None], EncodedChunk] = {}
+        if kind == "data":
+            for position, target in enumerate(run.targets):
+                key = target.encoding
+                if key not in encoded:
+                    encoded[key] = await self._encode(message, run, raw, target, kind)
+                chunk = encoded[key]
+                try:
+                    delivered = await target.send(chunk, **fields)
+                except DeliveryError as exc:
+                    record.attempts += exc.attempts or 1
+                    errors.append(f"{target.name}: {exc}")
+                    permanent = isinstance(exc, PermanentError)
+                    log.warning(
+                        "chunk.target_failed",
+                        target=target.name,
+                        error=str(exc),
+                        permanent=permanent,
+                        next=_next_name(run.targets, position, run.dead_letter),
+                        **fields,
+                    )
+                    if position + 1 < len(run.targets):
+                        self.hooks.fallback(run.name, target.name, str(exc))
+                    continue
+                record.attempts += delivered.attempts
+                record.state = ChunkState.DELIVERED
+                record.target = target.name
+                record.location = delivered.receipt.location
+                record.checksum = chunk.checksum
+                record.last_error = errors[-1] if errors else None
+                log.debug(
+                    "chunk.delivered",
+                    target=target.name,
+                    attempts=record.attempts,
+                    records=raw.records,
+                    bytes=len(chunk.payload),
+                    **fields,
+                )
+                return record, len(chunk.payload)
+        return await self._dead_letter(message, run, raw, kind, record, errors, encoded)
+
+    async def _dead_letter(
+        self,
+        message: TriggerMessage,
+        run: _RouteRun,
+        raw: RawChunk,
+        kind: str,
+        record: ChunkRecord,
+        errors: list[str],
+        encoded: dict[tuple[str, str, int | None], EncodedChunk],
+    ) -> tuple[ChunkRecord, int]:
+        target = run.dead_letter
+        fields = dict(batch_id=message.batch_id, route=run.name, chunk=raw.chunk_id)
+        chunk = await self._encode(message, run, raw, target, kind)
+        reason = "bad input records" if kind == "rejects" else "; ".join(errors)
+        chunk.context = {
+            "error": reason,
+            "attempts": record.attempts,
+            "targets": [t.name for t in run.targets] if kind == "data" else [],
+        }
+        try:
+            delivered = await target.send(chunk, **fields)
+        except DeliveryError as exc:
+            record.state = ChunkState.FAILED
+            record.last_error = f"{reason}; dead-letter {target.name}: {exc}"
+            await self.ledger.save_chunks([record])
+            log.error("chunk.dead_letter_failed", target=target.name, error=str(exc), **fields)
+            raise DeadLetterUnavailable(
+                f"chunk {raw.chunk_id} of route {run.name}: every target and the dead-letter "
+                f"store {target.name} failed ({exc})"
+            ) from exc
+        record.state = ChunkState.DEAD_LETTERED
+        record.target = target.name
+        record.location = delivered.receipt.location
+        record.checksum = chunk.checksum
+        record.last_error = reason
+        if kind == "data":
+            log.warning(
+                "chunk.dead_lettered",
+                target=target.name,
+                location=record.location,
+                error=reason,
+                records=raw.records,
+                **fields,
+            )
+        return record, len(chunk.payload)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that explains a failed task group: a stop of the batch before anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (DeadLetterUnavailable, SourceError, SenderError):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0] if leaves else group
+
+
+def _next_name(targets: Sequence[Target], position: int, dead_letter: Target) -> str:
+    return targets[position + 1].name if position + 1 < len(targets) else dead_letter.name

@@ -1,0 +1,326 @@
+"""Reading a batch: Spark layout rules, format detection, and record readers.
+
+Every reader turns its input into blocks of NDJSON lines (one JSON object per line, no
+newline), the one shape the rest of the pipeline works on. JSONL is split and frame-checked
+without parsing each record (the fast path); CSV rows and Parquet row groups are converted in
+a worker thread. Readers are streamed: memory holds a few read pieces, never a whole file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import zlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from .errors import SourceError
+from .model import BadRecord, ObjectInfo
+from .ports import Source
+from .streams import SeekableObject, StreamReader
+
+__all__ = [
+    "BatchObjects",
+    "RecordBlock",
+    "detect_format",
+    "list_batch",
+    "read_records",
+]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_CSV_ROWS_PER_BLOCK = 4096
+_PARQUET_ROWS_PER_BLOCK = 16384
+_MAX_LINE = 64 * 1024 * 1024  # a "line" longer than this is a corrupt file, not a record
+_INFLATE_PIECE = 1024 * 1024  # inflated bytes handed on at a time
+
+
+@dataclass(slots=True)
+class RecordBlock:
+    """Good records as NDJSON lines, and the bad ones met on the way."""
+
+    lines: list[bytes]
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchObjects:
+    """The data objects of a batch, in read order, and whether Spark's marker is there."""
+
+    objects: list[ObjectInfo]
+    has_success: bool
+    single_object: bool
+
+
+def _relative(uri: str, root: str) -> str:
+    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri
+
+
+def _skipped(relative: str) -> bool:
+    """Spark's bookkeeping and hidden files: ``_SUCCESS``, ``_committed_*``, ``.crc``, ``.x``."""
+    return any(part.startswith(("_", ".")) for part in relative.split("/")) or relative.endswith(
+        ".crc"
+    )
+
+
+async def list_batch(source: Source, uri: str, *, require_success: bool) -> BatchObjects:
+    """List a batch's data objects; ``SourceError`` if empty or ``_SUCCESS`` is required and
+    missing. A URI naming one object is a batch of that object (no marker needed)."""
+    listed = await source.list(uri)
+    if len(listed) == 1 and listed[0].uri.rstrip("/") == uri.rstrip("/"):
+        return BatchObjects([listed[0]], has_success=False, single_object=True)
+    root = uri.rstrip("/") + "/"
+    has_success = any(_relative(o.uri, root) == "_SUCCESS" for o in listed)
+    objects = [o for o in listed if not _skipped(_relative(o.uri, root))]
+    if require_success and not has_success:
+        raise SourceError(
+            f"{uri}: no _SUCCESS marker (the writing job has not finished; "
+            "set require_success = false on the source to read it anyway)"
+        )
+    if not objects:
+        raise SourceError(f"{uri}: no data files (only markers or hidden files)")
+    return BatchObjects(objects, has_success=has_success, single_object=False)
+
+
+def detect_format(name: str) -> str:
+    """``jsonl``, ``csv`` or ``parquet`` from a file name (Spark names JSON parts ``.json``)."""
+    lowered = name.lower()
+    for suffix in (".gz", ".gzip"):
+        lowered = lowered.removesuffix(suffix)
+    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if lowered.endswith((".csv", ".tsv")):
+        return "csv"
+    if lowered.endswith((".parquet", ".parq", ".pq")):
+        return "parquet"
+    raise SourceError(f"{name}: cannot tell the format from the name; set 'format' in the message")
+
+
+async def read_records(
+    source: Source, objects: Sequence[ObjectInfo], format: str | None
+) -> AsyncIterator[RecordBlock]:
+    """Blocks of records from every object, in order."""
+    for obj in objects:
+        fmt = format or detect_format(obj.name)
+        if fmt == "jsonl":
+            reader = _read_jsonl(source, obj)
+        elif fmt == "csv":
+            reader = _read_in_thread(source, obj, _csv_blocks)
+        elif fmt == "parquet":
+            reader = _read_in_thread(source, obj, _parquet_blocks)
+        else:
+            raise SourceError(f"{obj.uri}: unknown format {fmt!r}")
+        async for block in reader:
+            yield block
+
+
+# -- JSONL ---------------------------------------------------------------------------------
+
+
+class _Gunzip:
+    """Incremental gzip that also reads multi-member files (``cat a.gz b.gz``).
+
+    Output comes in pieces of at most ``max_out`` bytes: JSON Lines often compress 20-50x, so
+    inflating a whole read piece at once would hold tens of MiB where the compressed piece
+    was one.
+    """
+
+    def __init__(self, name: str, max_out: int = _INFLATE_PIECE) -> None:
+        self._name = name
+        self._max_out = max_out
+        self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next compressed piece; ``read()`` until it returns ``b""`` before the next."""
+        self._pending = self._pending + data if self._pending else data
+
+    def read(self) -> bytes:
+        """Up to ``max_out`` inflated bytes, or ``b""`` when more input is needed."""
+        try:
+            while True:
+                data, self._pending = self._pending, b""
+                if data and self._inflate.eof:  # the next member of a multi-member file
+                    self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+                # called with b"" too: zlib may hold output for input it already took
+                out = self._inflate.decompress(data, self._max_out)
+                self._pending = (
+                    self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
+                )
+                if out or not self._pending:
+                    return out
+        except zlib.error as exc:
+            raise SourceError(f"{self._name}: corrupt gzip data ({exc})") from exc
+
+    def finish(self) -> None:
+        if not self._inflate.eof:
+            raise SourceError(f"{self._name}: truncated gzip file (ends mid-stream)")
+
+
+def _frame_check(lines: list[bytes], name: str, first_line_no: int) -> RecordBlock:
+    """Keep lines that look like one JSON object each; report the others as bad records.
+    Blank lines are dropped silently. Records are not parsed here: that is the fast path."""
+    for line in lines:
+        if not line or line[0] != 0x7B or line[-1] != 0x7D:
+            break
+    else:
+        return RecordBlock(lines)
+    good: list[bytes] = []
+    bad: list[BadRecord] = []
+    for offset, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped[0] == 0x7B and stripped[-1] == 0x7D:
+            good.append(stripped)
+        else:
+            reason = "truncated JSON object" if stripped[0] == 0x7B else "not a JSON object"
+            bad.append(BadRecord(line, reason, f"{name}:{first_line_no + offset}"))
+    return RecordBlock(good, bad)
+
+
+async def _plain_pieces(source: Source, obj: ObjectInfo) -> AsyncIterator[bytes]:
+    """The object's bytes, inflated when it is gzip (told by its magic, not its name)."""
+    gunzip: _Gunzip | None = None
+    first = True
+    async for piece in source.open(obj):
+        if first:
+            first = False
+            if piece[:2] == _GZIP_MAGIC:
+                gunzip = _Gunzip(obj.uri)
+        if gunzip is None:
+            yield piece
+            continue
+        gunzip.feed(piece)
+        # inflating releases the GIL: let it run beside the compressors
+        while out := await asyncio.to_thread(gunzip.read):
+            yield out
+    if gunzip is not None:
+        gunzip.finish()
+
+
+async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBlock]:
+    rest = b""
+    line_no = 1
+    async for piece in _plain_pieces(source, obj):
+        data = rest + piece if rest else piece
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest = data
+            if len(rest) > _MAX_LINE:
+                raise SourceError(f"{obj.uri}: a line longer than 64 MiB (not JSON Lines?)")
+            continue
+        lines = data[:cut].split(b"\n")
+        rest = data[cut + 1 :]
+        block = _frame_check(lines, obj.name, line_no)
+        line_no += len(lines)
+        if block.lines or block.bad:
+            yield block
+    if rest.strip():
+        yield _frame_check([rest], obj.name, line_no)
+
+
+# -- CSV and Parquet, converted in a worker thread ------------------------------------------
+
+
+async def _read_in_thread(
+    source: Source, obj: ObjectInfo, blocks: _BlockFactory
+) -> AsyncIterator[RecordBlock]:
+    loop = asyncio.get_running_loop()
+    iterator = await asyncio.to_thread(blocks, source, obj, loop)
+    try:
+        while True:
+            block = await asyncio.to_thread(next, iterator, None)
+            if block is None:
+                return
+            yield block
+    finally:
+        await asyncio.to_thread(iterator.close)
+
+
+class _BlockFactory:  # the shape of _csv_blocks and _parquet_blocks, for type checkers
+    def __call__(
+        self, source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
+    ) -> Iterator[RecordBlock]: ...
+
+
+def _open_stream(
+    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
+) -> io.BufferedIOBase:
+    raw = io.BufferedReader(StreamReader(source, obj, loop), buffer_size=1024 * 1024)
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _csv_blocks(
+    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
+) -> Iterator[RecordBlock]:
+    import gzip
+
+    stream = _open_stream(source, obj, loop)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+    delimiter = "\t" if obj.name.lower().removesuffix(".gz").endswith(".tsv") else ","
+    rows = csv.reader(text, delimiter=delimiter)
+    try:
+        try:
+            header = next(rows)
+        except StopIteration:
+            return
+        width = len(header)
+        block = RecordBlock([])
+        dumps = orjson.dumps
+        for row in rows:
+            if len(row) == width:
+                block.lines.append(dumps(dict(zip(header, row, strict=True))))
+            elif row:  # blank lines are not records
+                raw = delimiter.join(row).encode()
+                reason = f"{len(row)} columns, header has {width}"
+                block.bad.append(BadRecord(raw, reason, f"{obj.name}:{rows.line_num}"))
+            if len(block.lines) + len(block.bad) >= _CSV_ROWS_PER_BLOCK:
+                yield block
+                block = RecordBlock([])
+        if block.lines or block.bad:
+            yield block
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"{obj.uri}: unreadable CSV near line {rows.line_num}: {exc}") from exc
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise SourceError(f"{obj.uri}: corrupt or truncated file: {exc}") from exc
+    finally:
+        text.close()
+
+
+def _parquet_blocks(
+    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
+) -> Iterator[RecordBlock]:
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    local_path = getattr(source, "local_path", None)
+    path = local_path(obj) if local_path else None
+    try:
+        file = open(path, "rb") if path else SeekableObject(source, obj, loop)  # noqa: SIM115
+    except OSError as exc:  # gone since it was listed: a SourceError like the other readers
+        raise SourceError(f"{obj.uri}: cannot open: {exc.strerror}") from exc
+    try:
+        try:
+            # pre_buffer (pyarrow's default) fetches every row group's column chunks up
+            # front, in one request as large as the file; without it each column chunk is
+            # read when its row group is, through a bounded buffer
+            parquet = pq.ParquetFile(file, buffer_size=1024 * 1024, pre_buffer=False)
+            batches = parquet.iter_batches(batch_size=_PARQUET_ROWS_PER_BLOCK)
+            for batch in batches:
+                out = io.BytesIO()
+                pl.from_arrow(batch).write_ndjson(out)  # type: ignore[union-attr]
+                data = out.getvalue()
+                if data:
+                    yield RecordBlock(data.rstrip(b"\n").split(b"\n"))
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"{obj.uri}: corrupt or unreadable Parquet file: {exc}") from exc
+    finally:
+        file.close()

@@ -1,0 +1,199 @@
+"""From records to chunks: projection, deterministic chunking, encoding and compression.
+
+Records travel as NDJSON lines. A route projects them (``fields``), cuts them into chunks by
+record count and by bytes of their NDJSON form, and each target encodes and compresses a
+chunk in its own format and codec. The cut depends only on the batch and the route config, so
+a resume or a replay re-creates the same chunks, payloads and idempotency keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zstandard
+
+from .model import BadRecord
+
+__all__ = [
+    "CONTENT_TYPES",
+    "Chunker",
+    "Projection",
+    "RawChunk",
+    "compress",
+    "encode",
+]
+
+CONTENT_TYPES = {
+    "ndjson": "application/x-ndjson",
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+}
+EXTENSIONS = {"ndjson": ".ndjson", "json": ".json", "csv": ".csv"}
+CODEC_EXTENSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+
+
+@dataclass(slots=True)
+class RawChunk:
+    """A chunk before encoding: its id within the route and its records as NDJSON lines."""
+
+    chunk_id: str
+    lines: list[bytes]
+    raw_size: int  # bytes of the NDJSON form
+
+    @property
+    def records(self) -> int:
+        return len(self.lines)
+
+
+class Chunker:
+    """Cuts a stream of lines into chunks of at most ``max_records`` records and ``max_bytes``
+    bytes (NDJSON form). A single record above ``max_bytes`` travels alone."""
+
+    def __init__(self, max_records: int, max_bytes: int, *, first_index: int = 0) -> None:
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._index = first_index
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def feed(self, lines: Sequence[bytes]) -> Iterator[RawChunk]:
+        max_records, max_bytes = self._max_records, self._max_bytes
+        current, size = self._lines, self._size
+        for line in lines:
+            n = len(line) + 1
+            if current and (size + n > max_bytes or len(current) >= max_records):
+                yield self._cut(current, size)
+                current, size = [], 0
+            current.append(line)
+            size += n
+        self._lines, self._size = current, size
+
+    def finish(self) -> Iterator[RawChunk]:
+        if self._lines:
+            yield self._cut(self._lines, self._size)
+            self._lines, self._size = [], 0
+
+    def _cut(self, lines: list[bytes], size: int) -> RawChunk:
+        chunk = RawChunk(str(self._index), lines, size)
+        self._index += 1
+        return chunk
+
+
+def _getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
+    if "." not in path:
+        return lambda record: record.get(path)
+    parts = path.split(".")
+
+    def get(record: Mapping[str, Any]) -> Any:
+        value: Any = record
+        for part in parts:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    return get
+
+
+class Projection:
+    """``fields`` of a route: ``{output: input}``; dotted inputs reach into nested objects and
+    missing inputs give ``null``, so every output record has the same keys in the same order."""
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        self.fields = dict(fields)
+        self._outputs = list(fields)
+        self._getters = [_getter(path) for path in fields.values()]
+        self._flat = all("." not in path for path in fields.values())
+        self._inputs = list(fields.values())
+
+    def apply(self, lines: Sequence[bytes], name: str = "") -> tuple[list[bytes], list[BadRecord]]:
+        loads, dumps = orjson.loads, orjson.dumps
+        outputs, inputs = self._outputs, self._inputs
+        out: list[bytes] = []
+        bad: list[BadRecord] = []
+        for line in lines:
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError as exc:
+                bad.append(BadRecord(line, f"invalid JSON: {exc}", name))
+                continue
+            if not isinstance(record, dict):
+                bad.append(BadRecord(line, "not a JSON object", name))
+                continue
+            if self._flat:
+                get = record.get
+                out.append(dumps(dict(zip(outputs, [get(k) for k in inputs], strict=True))))
+            else:
+                values = [getter(record) for getter in self._getters]
+                out.append(dumps(dict(zip(outputs, values, strict=True))))
+        return out, bad
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    if value is None:
+        return ""
+    if isinstance(value, bool):  # JSON's spelling, not Python's "True"
+        return "true" if value else "false"
+    return value
+
+
+def _encode_csv(lines: Sequence[bytes], columns: Sequence[str] | None) -> bytes:
+    records = [orjson.loads(line) for line in lines]
+    if columns:
+        header = list(columns)
+    else:
+        # pass-through records need not share keys: every key of the chunk gets a column, in
+        # first-seen order, rather than dropping those the first record lacks
+        header = list(dict.fromkeys(key for record in records for key in record))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for record in records:
+        writer.writerow([_csv_cell(record.get(column)) for column in header])
+    return out.getvalue().encode()
+
+
+def encode(lines: Sequence[bytes], format: str, columns: Sequence[str] | None = None) -> bytes:
+    """Lines in a chunk's wire format. NDJSON and JSON arrays are built without parsing:
+    a valid NDJSON line holds no raw newline, so joining is enough."""
+    if format == "ndjson":
+        return b"\n".join(lines) + b"\n" if lines else b""
+    if format == "json":
+        return b"[" + b",".join(lines) + b"]"
+    if format == "csv":
+        return _encode_csv(lines, columns)
+    raise ValueError(f"unknown format {format!r}")
+
+
+_local = threading.local()
+
+
+def _zstd(level: int) -> zstandard.ZstdCompressor:
+    # a ZstdCompressor is not thread-safe (PITFALLS.md): one per thread and level
+    compressors: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("zstd", {})
+    compressor = compressors.get(level)
+    if compressor is None:
+        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressor
+
+
+def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
+    """``data`` compressed with ``codec`` (``none``, ``gzip``, ``zstd``). Deterministic: the
+    gzip header carries no time, so a resent chunk has the same bytes as the first."""
+    if codec == "none":
+        return data
+    if codec == "gzip":
+        return gzip.compress(data, compresslevel=level or DEFAULT_LEVELS["gzip"], mtime=0)
+    if codec == "zstd":
+        return _zstd(level or DEFAULT_LEVELS["zstd"]).compress(data)
+    raise ValueError(f"unknown codec {codec!r}")

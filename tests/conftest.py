@@ -1,0 +1,47 @@
+"""Shared fixtures: a real receiver on loopback, config files, batches."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from sender.config import AppConfig, load_config
+from sender.receiver import Receiver
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+async def backup_receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], AppConfig]:
+    """Write a TOML config (dedented) to ``tmp_path/sender.toml`` and load it."""
+
+    def write(text: str) -> AppConfig:
+        path = tmp_path / "sender.toml"
+        path.write_text(textwrap.dedent(text))
+        return load_config(path)
+
+    return write
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """An http URL where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/down"
