@@ -1,0 +1,149 @@
+"""The spool trigger: a directory where each ``*.json`` file is one trigger message.
+
+The embedded default, for a single machine and for the demo. A message is claimed by an
+atomic rename into ``processing/``; acked ones move to ``done/``, rejected ones to
+``rejected/`` with a ``.reason.txt`` beside them, released ones back to the queue. Files left
+in ``processing/`` by a crash go back to the queue at start, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+from sender.config import Duration, LocalPath, TriggerOptions
+from sender.errors import TriggerError
+from sender.log import get_logger
+from sender.model import TriggerMessage
+
+__all__ = ["SpoolEnvelope", "SpoolTrigger"]
+
+log = get_logger("adapters.spool")
+
+
+class SpoolEnvelope:
+    """A claimed message file."""
+
+    def __init__(self, trigger: SpoolTrigger, path: Path, body: bytes) -> None:
+        self._trigger = trigger
+        self.path = path
+        self.body = body
+        self.message_id = path.name
+        self.settled = False
+
+    async def _move(self, folder: str) -> Path:
+        target = self._trigger.root / folder / self.path.name
+        await asyncio.to_thread(os.replace, self.path, target)
+        self.settled = True
+        return target
+
+    async def ack(self) -> None:
+        await self._move("done")
+
+    async def reject(self, reason: str) -> None:
+        target = await self._move("rejected")
+        await asyncio.to_thread(
+            target.with_name(target.name + ".reason.txt").write_text, reason + "\n"
+        )
+
+    async def release(self) -> None:
+        await self._move("")
+
+    async def extend(self, seconds: float) -> None:
+        return None  # a claimed file is ours until we move it
+
+
+class SpoolTrigger:
+    """Polls a directory for ``*.json`` trigger messages, oldest first."""
+
+    class Options(TriggerOptions):
+        type: Literal["spool"] = "spool"
+        path: LocalPath = "var/queue"
+        poll_s: Duration = 0.5
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.root = Path(options.path)
+        self._closed = asyncio.Event()
+        self._prepared = False
+
+    async def __aenter__(self) -> SpoolTrigger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _prepare(self) -> None:
+        try:
+            for folder in ("processing", "done", "rejected"):
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
+            for orphan in sorted((self.root / "processing").glob("*.json")):
+                # claimed by a process that died: back to the queue
+                os.replace(orphan, self.root / orphan.name)
+                log.info("spool.requeued", file=orphan.name)
+        except OSError as exc:
+            raise TriggerError(f"spool {self.root}: {exc.strerror}") from exc
+        self._prepared = True
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed.is_set() and self.root.is_dir() and os.access(self.root, os.W_OK)
+
+    def _pending(self) -> list[Path]:
+        files = [p for p in self.root.glob("*.json") if not p.name.startswith(".")]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def _claim(self) -> SpoolEnvelope | None:
+        for path in self._pending():
+            claimed = self.root / "processing" / path.name
+            try:
+                os.replace(path, claimed)  # atomic: only one claimer wins
+            except FileNotFoundError:
+                continue
+            try:
+                body = claimed.read_bytes()
+            except OSError as exc:
+                log.warning("spool.unreadable", file=path.name, error=exc.strerror)
+                continue
+            return SpoolEnvelope(self, claimed, body)
+        return None
+
+    async def messages(self) -> AsyncIterator[SpoolEnvelope]:
+        if not self._prepared:
+            await asyncio.to_thread(self._prepare)
+        while not self._closed.is_set():
+            try:
+                envelope = await asyncio.to_thread(self._claim)
+            except OSError as exc:
+                raise TriggerError(f"spool {self.root}: {exc.strerror}") from exc
+            if envelope is not None:
+                yield envelope
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self.options.poll_s)
+
+    async def pending(self) -> int:
+        """Messages waiting (not yet claimed)."""
+        return len(await asyncio.to_thread(self._pending)) if self.root.is_dir() else 0
+
+    async def publish(self, message: TriggerMessage) -> None:
+        def write() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            name = f"{time.time_ns()}-{message.batch_id}-{uuid.uuid4().hex[:6]}.json"
+            tmp = self.root / f".{name}.tmp"
+            tmp.write_bytes(message.to_json())
+            os.replace(tmp, self.root / name)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise TriggerError(f"spool {self.root}: {exc.strerror}") from exc
+
+    async def aclose(self) -> None:
+        self._closed.set()

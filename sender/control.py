@@ -1,0 +1,159 @@
+"""The control server (aiohttp, on ``daemon.listen``): probes, metrics and the batch API.
+
+``GET /healthz`` the loop is alive · ``GET /readyz`` ledger, trigger and dead-letter checks ·
+``GET /metrics`` Prometheus · ``POST /v1/batches`` a trigger message (or a Pub/Sub push
+envelope) put on the configured trigger · ``GET /v1/batches`` and ``/v1/batches/{id}`` the same
+data as ``sender status --json``. The ``/v1`` routes need ``Authorization: Bearer <token>``
+when a token is configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from .errors import MessageError, SenderError
+from .log import get_logger
+from .model import TriggerMessage, parse_trigger_message
+from .ports import Ledger
+from .views import batch_json
+
+__all__ = ["ControlServer", "unwrap_pubsub"]
+
+log = get_logger("sender.control")
+
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+
+
+def unwrap_pubsub(body: bytes) -> bytes:
+    """The trigger message inside a Pub/Sub push envelope, or ``body`` itself if it is not one:
+    ``{"message": {"data": base64, "attributes": ..., "messageId": ...}, "subscription": ...}``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    message = data.get("message") if isinstance(data, dict) else None
+    if not isinstance(message, dict) or "data" not in message:
+        return body
+    try:
+        return base64.b64decode(message["data"], validate=True)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise MessageError(f"Pub/Sub envelope: message.data is not base64: {exc}") from exc
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class ControlServer:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        readiness: ReadinessCheck,
+        accept: Callable[[TriggerMessage], Awaitable[None]] | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.readiness = readiness
+        self.accept = accept
+        self.token = token
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app = web.Application(middlewares=[self._auth])
+        self.app.add_routes(
+            [
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+                web.get("/metrics", self._metrics),
+                web.get("/v1/batches", self._list_batches),
+                web.get("/v1/batches/{batch_id}", self._get_batch),
+                web.post("/v1/batches", self._post_batch),
+            ]
+        )
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.token and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return _json({"error": "missing or wrong bearer token"}, 401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("control.listening", host=host, port=self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = await self.readiness()
+        if problems:
+            return _json({"status": "not ready", "problems": problems}, 503)
+        return _json({"status": "ready"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        from .status import batch_filters
+
+        try:
+            filters = batch_filters(
+                dataset=request.query.get("dataset"),
+                state=request.query.get("state"),
+                since=request.query.get("since"),
+                limit=request.query.get("limit", "50"),
+            )
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        records = await self.ledger.list_batches(**filters)
+        return _json({"batches": [batch_json(r) for r in records]})
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        batch_id = request.match_info["batch_id"]
+        record = await self.ledger.get_batch(batch_id)
+        if record is None:
+            return _json({"error": f"no batch {batch_id!r}"}, 404)
+        return _json(batch_json(record, await self.ledger.chunks(batch_id)))
+
+    async def _post_batch(self, request: web.Request) -> web.Response:
+        if self.accept is None:
+            return _json({"error": "this daemon takes no triggers over HTTP"}, 404)
+        body = await request.read()
+        try:
+            message = parse_trigger_message(unwrap_pubsub(body))
+        except MessageError as exc:
+            log.warning("trigger.rejected", source="http", reason=str(exc))
+            return _json({"error": str(exc)}, 400)
+        try:
+            await self.accept(message)
+        except MessageError as exc:
+            log.warning("trigger.rejected", source="http", reason=str(exc))
+            return _json({"error": str(exc)}, 400)
+        except SenderError as exc:
+            log.error("trigger.accept_failed", source="http", error=str(exc))
+            return _json({"error": str(exc)}, 503)
+        return _json({"accepted": message.batch_id}, 202)
