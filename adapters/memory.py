@@ -33,6 +33,7 @@ from sender.model import (
     ObjectInfo,
     Receipt,
     TriggerMessage,
+    chunk_sort_key,
 )
 from sender.ports import BatchRecord, ChunkRecord, RouteStats
 
@@ -48,10 +49,6 @@ __all__ = [
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
-
-def _chunk_order(chunk_id: str) -> tuple[tuple[int, int | str], ...]:
-    # same natural order as the SQL ledgers: "2" < "10", "7" < "7.0" < "7.1" < "8"
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in chunk_id.split("."))
 
 
 def _utc(value: datetime) -> datetime:
@@ -209,7 +206,7 @@ class MemoryLedger:
             for (b, r, _), c in self._chunks.items()
             if b == batch_id and (route is None or r == route)
         ]
-        found.sort(key=lambda c: (c.route, _chunk_order(c.chunk_id)))
+        found.sort(key=lambda c: (c.route, chunk_sort_key(c.chunk_id)))
         return copy.deepcopy(found)
 
     async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:

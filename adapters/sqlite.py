@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sender.errors import LedgerError
-from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage
+from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, RouteStats
 
 __all__ = ["MIGRATIONS", "SqliteLedger"]
@@ -127,11 +127,6 @@ def _ts(value: datetime) -> str:
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
-
-def _chunk_order(chunk_id: str) -> tuple[tuple[int, int | str], ...]:
-    # "2" < "10" and "7" < "7.0" < "7.1" < "8": compare dotted parts as numbers; a part
-    # that is not a number sorts after the numbers, as text.
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in chunk_id.split("."))
 
 
 def _route_stats(data: dict[str, Any]) -> RouteStats:
@@ -473,7 +468,7 @@ class SqliteLedger:
 
         records = await self._call(run)
         # natural order is done here: SQL has no collation for dotted numbers
-        records.sort(key=lambda c: (c.route, _chunk_order(c.chunk_id)))
+        records.sort(key=lambda c: (c.route, chunk_sort_key(c.chunk_id)))
         return records
 
     async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:

@@ -29,10 +29,11 @@ from .model import (
     EncodedChunk,
     ObjectInfo,
     TriggerMessage,
+    chunk_sort_key,
     idempotency_key,
 )
 from .pipeline import Chunker, Projection, RawChunk, compress, encode
-from .ports import BatchRecord, ChunkRecord, Ledger, RouteStats, Source
+from .ports import BatchRecord, BatchSummary, ChunkRecord, Ledger, RouteStats, Source
 from .targets import Target
 
 __all__ = [
@@ -51,6 +52,10 @@ _REJECTS_PER_FILE = 1000
 
 class DeadLetterUnavailable(SenderError):
     """Every target and the dead-letter store failed for a chunk: the batch must stop."""
+
+
+class FinishFailed(SenderError):
+    """A destination could not write its end-of-batch marker (manifest, _SUCCESS)."""
 
 
 class BatchBusy(SenderError):
@@ -261,9 +266,11 @@ class Engine:
                 not c.state.terminal for r in runs for c in r.previous.values()
             ):
                 state = BatchState.INCOMPLETE
+            else:
+                await self._finish_routes(message, runs)
         except (SourceError, BadRecordPolicyFailed) as exc:
             state, error = BatchState.FAILED, str(exc)
-        except DeadLetterUnavailable as exc:
+        except (DeadLetterUnavailable, FinishFailed) as exc:
             state, error = BatchState.INCOMPLETE, str(exc)
         except asyncio.CancelledError:
             await asyncio.shield(
@@ -391,6 +398,34 @@ class Engine:
                 await submit(run, raw)
             for raw in self._flush_rejects(run, final=True):
                 await submit(run, raw, "rejects")
+
+    async def _finish_routes(self, message: TriggerMessage, runs: list[_RouteRun]) -> None:
+        """Tell each destination that wants to know (a bucket drop) which chunks it holds."""
+        for run in runs:
+            data = [c for c in run.previous.values() if c.kind == "data"]
+            data.sort(key=lambda c: chunk_sort_key(c.chunk_id))
+            seen: set[str] = set()
+            for target in [*run.targets, run.dead_letter]:
+                finish = getattr(target.destination, "finish_batch", None)
+                if finish is None or target.name in seen:
+                    continue
+                seen.add(target.name)
+                held = [c for c in data if c.target == target.name]
+                if not held:
+                    continue
+                summary = BatchSummary(
+                    message.batch_id,
+                    message.dataset,
+                    run.name,
+                    held,
+                    complete=len(held) == len(data),
+                )
+                try:
+                    await target.retry.call(lambda finish=finish, s=summary: finish(s))
+                except DeliveryError as exc:
+                    raise FinishFailed(
+                        f"route {run.name}: finishing the batch on {target.name} failed: {exc}"
+                    ) from exc
 
     async def _check_unchanged(
         self, message: TriggerMessage, record: BatchRecord, objects: list[ObjectInfo], force: bool

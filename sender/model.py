@@ -21,6 +21,7 @@ __all__ = [
     "ObjectInfo",
     "Receipt",
     "TriggerMessage",
+    "chunk_sort_key",
     "idempotency_key",
     "parse_trigger_message",
 ]
@@ -122,6 +123,11 @@ class BadRecord:
                 "raw": self.raw.decode("utf-8", "backslashreplace"),
             }
         )
+
+
+def chunk_sort_key(chunk_id: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of chunk ids: "2" < "10", "7" < "7.0" < "7.1" < "8", data before "r0"."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in chunk_id.split("."))
 
 
 def idempotency_key(batch_id: str, route: str, chunk_id: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from .model import BatchState, ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage
 
 __all__ = [
+    "BatchFinisher",
     "BatchRecord",
     "BatchSummary",
     "ChunkRecord",
@@ -82,6 +83,15 @@ class BatchSummary:
     route: str
     chunks: Sequence[ChunkRecord]
     complete: bool  # every chunk of the route was delivered to this destination
+
+
+@runtime_checkable
+class BatchFinisher(Protocol):
+    """Optional for a destination: told once a route's chunks are all terminal, so that a
+    bucket drop can write its manifest and completion marker. Raise ``DeliveryError`` to
+    keep the batch incomplete (it is finished again on the next run)."""
+
+    async def finish_batch(self, summary: BatchSummary) -> None: ...
 
 
 @runtime_checkable
