@@ -14,7 +14,7 @@ import io
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import orjson
 import zstandard
@@ -24,6 +24,7 @@ from .model import BadRecord
 __all__ = [
     "CONTENT_TYPES",
     "Chunker",
+    "Lines",
     "Projection",
     "RawChunk",
     "compress",
@@ -40,12 +41,75 @@ CODEC_EXTENSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 
 
+class Lines(Sequence[bytes]):
+    """Records as one NDJSON buffer: ``data`` holds every line followed by ``\\n``.
+
+    The fast path's shape. A JSONL file is read, framed, chunked and sent as such buffers, so
+    no object is made per record (each one costs an allocation, and fresh memory is slow to
+    touch here). It is still a sequence of lines: iterating or indexing splits it on demand.
+    """
+
+    __slots__ = ("_count", "data")
+
+    def __init__(self, data: bytes, count: int | None = None) -> None:
+        self.data = data
+        self._count = data.count(b"\n") if count is None else count
+
+    @classmethod
+    def of(cls, lines: Sequence[bytes]) -> Lines:
+        """``lines`` as a buffer (no copy when they are one already)."""
+        if isinstance(lines, Lines):
+            return lines
+        return cls(b"\n".join(lines) + b"\n" if lines else b"", len(lines))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def size(self) -> int:
+        """Bytes of the lines without their newlines, as ``sum(map(len, lines))``."""
+        return len(self.data) - self._count
+
+    def split(self) -> list[bytes]:
+        return self.data[:-1].split(b"\n") if self._count else []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.split())
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        return self.split()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Lines):
+            return self.data == other.data
+        if isinstance(other, Sequence) and not isinstance(other, bytes | str):
+            return self.split() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Lines({self._count} records, {len(self.data)} bytes)"
+
+
+def lines_size(lines: Sequence[bytes]) -> int:
+    """Bytes of the lines without newlines; a ``Lines`` buffer knows it without splitting."""
+    return lines.size if isinstance(lines, Lines) else sum(map(len, lines))
+
+
 @dataclass(slots=True)
 class RawChunk:
-    """A chunk before encoding: its id within the route and its records as NDJSON lines."""
+    """A chunk before encoding: its id within the route and its records as NDJSON lines
+    (a list, or a ``Lines`` buffer when they came from one)."""
 
     chunk_id: str
-    lines: list[bytes]
+    lines: Sequence[bytes]
     raw_size: int  # bytes of the NDJSON form
 
     @property
@@ -53,9 +117,34 @@ class RawChunk:
         return len(self.lines)
 
 
+def _after_nth_newline(data: bytes, start: int, end: int, n: int, total: int) -> int:
+    """The offset just after the ``n``-th of the ``total`` newlines in ``data[start:end]``.
+
+    Guessed from the mean line length, then walked line by line to the exact spot: a few
+    ``find`` calls for records of similar size, never a Python loop over the whole block."""
+    guess = start + (end - start) * n // total
+    k = data.count(b"\n", start, guess)  # newlines before the guess
+    pos = guess
+    if k < n:
+        while k < n:
+            pos = data.find(b"\n", pos, end) + 1
+            k += 1
+        return pos
+    newline = guess
+    while k >= n:
+        newline = data.rfind(b"\n", start, newline)
+        k -= 1
+    return newline + 1
+
+
 class Chunker:
     """Cuts a stream of lines into chunks of at most ``max_records`` records and ``max_bytes``
-    bytes (NDJSON form). A single record above ``max_bytes`` travels alone."""
+    bytes (NDJSON form). A single record above ``max_bytes`` travels alone.
+
+    Lists of lines are cut line by line; ``Lines`` buffers by offsets (``rfind``/``count``
+    on the buffer), with the same cuts: a chunk's bounds depend on the records only, not on
+    how they were handed in. Once a buffer came, chunks are ``Lines`` buffers too.
+    """
 
     def __init__(self, max_records: int, max_bytes: int, *, first_index: int = 0) -> None:
         self._max_records = max_records
@@ -63,8 +152,19 @@ class Chunker:
         self._index = first_index
         self._lines: list[bytes] = []
         self._size = 0
+        # buffer mode: the pending chunk as pieces of NDJSON, and its record count
+        self._buffered = False
+        self._parts: list[bytes | memoryview] = []
+        self._count = 0
 
     def feed(self, lines: Sequence[bytes]) -> Iterator[RawChunk]:
+        if isinstance(lines, Lines):
+            yield from self._feed_buffer(lines.data, len(lines))
+            return
+        if self._buffered:
+            if lines:
+                yield from self._feed_buffer(b"\n".join(lines) + b"\n", len(lines))
+            return
         max_records, max_bytes = self._max_records, self._max_bytes
         current, size = self._lines, self._size
         for line in lines:
@@ -76,14 +176,60 @@ class Chunker:
             size += n
         self._lines, self._size = current, size
 
+    def _feed_buffer(self, data: bytes, total: int) -> Iterator[RawChunk]:
+        if not self._buffered:
+            self._buffered = True
+            if self._lines:
+                self._parts = [b"\n".join(self._lines) + b"\n"]
+                self._count = len(self._lines)
+                self._lines = []
+        max_records, max_bytes = self._max_records, self._max_bytes
+        view = memoryview(data)
+        pos, end, left = 0, len(data), total
+        while pos < end:
+            if self._count >= max_records:
+                yield self._cut_parts()
+                continue
+            budget = max_bytes - self._size
+            if pos + budget >= end:
+                cut, n = end, left  # the rest fits by bytes
+            elif budget > 0:
+                cut = data.rfind(b"\n", pos, pos + budget) + 1 or pos
+                n = data.count(b"\n", pos, cut)
+            else:
+                cut, n = pos, 0
+            allowed = max_records - self._count
+            if n > allowed:
+                cut, n = _after_nth_newline(data, pos, cut, allowed, n), allowed
+            if cut == pos:  # the next record does not fit
+                if self._count:
+                    yield self._cut_parts()
+                    continue
+                cut, n = data.find(b"\n", pos) + 1, 1  # a record above max_bytes: alone
+            self._parts.append(data if cut - pos == end else view[pos:cut])
+            self._count += n
+            self._size += cut - pos
+            left -= n
+            pos = cut
+
     def finish(self) -> Iterator[RawChunk]:
-        if self._lines:
+        if self._buffered:
+            if self._count:
+                yield self._cut_parts()
+        elif self._lines:
             yield self._cut(self._lines, self._size)
             self._lines, self._size = [], 0
 
     def _cut(self, lines: list[bytes], size: int) -> RawChunk:
         chunk = RawChunk(str(self._index), lines, size)
         self._index += 1
+        return chunk
+
+    def _cut_parts(self) -> RawChunk:
+        parts = self._parts
+        data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        chunk = self._cut(Lines(data, self._count), len(data))  # type: ignore[arg-type]
+        self._parts, self._count, self._size = [], 0, 0
         return chunk
 
 
@@ -165,7 +311,13 @@ def _encode_csv(lines: Sequence[bytes], columns: Sequence[str] | None) -> bytes:
 
 def encode(lines: Sequence[bytes], format: str, columns: Sequence[str] | None = None) -> bytes:
     """Lines in a chunk's wire format. NDJSON and JSON arrays are built without parsing:
-    a valid NDJSON line holds no raw newline, so joining is enough."""
+    a valid NDJSON line holds no raw newline, so joining is enough (and a ``Lines`` buffer
+    already is the NDJSON form)."""
+    if isinstance(lines, Lines) and format != "csv":
+        if format == "ndjson":
+            return lines.data
+        if format == "json":
+            return b"[" + lines.data[:-1].replace(b"\n", b",") + b"]" if lines else b"[]"
     if format == "ndjson":
         return b"\n".join(lines) + b"\n" if lines else b""
     if format == "json":

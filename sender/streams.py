@@ -22,6 +22,16 @@ def _run(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop).result()  # type: ignore[arg-type]
 
 
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+_closing: set[asyncio.Task[None]] = set()  # strong references until the aclose has run
+
+
 class StreamReader(io.RawIOBase):
     """A blocking, forward-only file over ``source.open(obj)``; use from a worker thread."""
 
@@ -39,7 +49,11 @@ class StreamReader(io.RawIOBase):
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._buffer and not self._eof:
-            piece = _run(self._loop, self._next())
+            try:
+                piece = _run(self._loop, self._next())
+            except BaseException:
+                self._eof = True  # a stream that raised is finished: nothing left to close
+                raise
             if piece is None:
                 self._eof = True
             else:
@@ -52,7 +66,13 @@ class StreamReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed and not self._eof:
             aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
+            if aclose is not None and _on_loop_thread(self._loop):
+                # closed on the loop's own thread (garbage collected there, with a traceback
+                # that held it): waiting for the loop would deadlock it, so only schedule
+                task = self._loop.create_task(aclose())
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+            elif aclose is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is gone already
                     _run(self._loop, aclose())
         super().close()
@@ -93,7 +113,7 @@ class SeekableObject(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
-            size = self._obj.size - self._pos
+            size = max(0, self._obj.size - self._pos)  # a seek may have gone past the end
         buffer = bytearray(size)
         n = self.readinto(buffer)
         return bytes(buffer[:n])
