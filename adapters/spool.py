@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from sender.config import Duration, LocalPath, TriggerOptions
 from sender.errors import TriggerError
 from sender.log import get_logger
@@ -64,7 +66,7 @@ class SpoolTrigger:
 
     class Options(TriggerOptions):
         type: Literal["spool"] = "spool"
-        path: LocalPath = "var/queue"
+        path: LocalPath = Field("var/queue", validate_default=True)  # beside the config
         poll_s: Duration = 0.5
 
     def __init__(self, options: Options) -> None:

@@ -281,6 +281,7 @@ def default_config_path() -> Path:
 
 
 _VAR = re.compile(r"\$\{([^}]+)\}")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSWORD|API_?KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
 
 
 def _interpolate(value: Any, path: str, base_dir: Path, problems: list[str]) -> Any:
@@ -305,6 +306,8 @@ def _interpolate(value: Any, path: str, base_dir: Path, problems: list[str]) -> 
             return secret
         name, sep, default = expr.partition(":-")
         if name in os.environ:
+            if _SECRET_NAME.search(name):
+                register_secret(os.environ[name])  # mask the bare value too, not only the field
             return os.environ[name]
         if sep:
             return default
