@@ -1,4 +1,5 @@
-"""A rich progress display for ``sender send`` and ``sender replay``, fed by engine hooks."""
+"""Rich progress displays: ``sender send`` (fed by engine hooks) and ``sender replay`` (fed
+by replay hooks). Both draw on stderr, so that stdout stays the result."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from rich.progress import (
 )
 
 from .hooks import Hooks
+from .replay import ReplayHooks, ReplayItem, ReplayReport
 
-__all__ = ["SendProgress"]
+__all__ = ["ReplayProgress", "SendProgress"]
 
 
 class SendProgress(Hooks):
@@ -64,3 +66,46 @@ class SendProgress(Hooks):
         self._states[state] = self._states.get(state, 0) + 1
         detail = " ".join(f"{k.replace('_', '-')} {v}" for k, v in sorted(self._states.items()))
         self.progress.update(self._chunks, advance=1, detail=detail)
+
+
+class ReplayProgress(ReplayHooks):
+    """Chunks of a replay settled (delivered, failed, or checked in a dry run), out of those
+    selected; says so when it waits for a daemon's lease."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self.progress.add_task("replay", total=None, detail="", start=False)
+        self._states: dict[str, int] = {}
+
+    def __enter__(self) -> ReplayProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def waiting(self, holder: str, wait_s: float) -> None:
+        self.progress.update(
+            self._task, description=f"waiting up to {wait_s:g}s for {holder}'s lease"
+        )
+
+    def started(self, report: ReplayReport) -> None:
+        targets = ", ".join(sorted({item.target for item in report.items}))
+        verb = "checking" if report.selection.dry_run else "to"
+        self.progress.start_task(self._task)
+        self.progress.update(self._task, description=f"{verb} {targets}", total=len(report.items))
+
+    def chunk_done(self, item: ReplayItem) -> None:
+        self._states[item.state] = self._states.get(item.state, 0) + 1
+        detail = " ".join(f"{k} {v}" for k, v in sorted(self._states.items()))
+        self.progress.update(self._task, advance=1, detail=detail)
