@@ -17,9 +17,9 @@ from typing import Literal
 import orjson
 
 from sender.config import DestinationOptions, LocalPath, SourceOptions
+from sender.drop import chunk_object_name
 from sender.errors import RetryableError, SourceError
 from sender.model import EncodedChunk, ObjectInfo, Receipt
-from sender.pipeline import CODEC_EXTENSIONS, EXTENSIONS
 
 __all__ = ["LocalDestination", "LocalSource", "chunk_file_name"]
 
@@ -108,13 +108,8 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
-def chunk_file_name(chunk: EncodedChunk) -> str:
-    """``chunk-000007.ndjson.gz``; sub-chunks ``chunk-000007.1.0…``; bad records
-    ``rejects-000000.ndjson``. Zero-padded so that a folder listing is in chunk order."""
-    head, _, tail = chunk.chunk_id.partition(".")
-    number = f"{int(head):06d}" if head.isdigit() else head
-    stem = f"{'chunk' if chunk.kind == 'data' else chunk.kind}-{number}{'.' + tail if tail else ''}"
-    return stem + EXTENSIONS[chunk.format] + CODEC_EXTENSIONS[chunk.codec]
+# the name chunks had before bucket drops shared it (sender.drop)
+chunk_file_name = chunk_object_name
 
 
 class LocalDestination:
@@ -158,7 +153,7 @@ class LocalDestination:
     def _write(self, chunk: EncodedChunk) -> Path:
         folder = self.folder(chunk.batch_id, chunk.dataset, chunk.route)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / chunk_file_name(chunk)
+        path = folder / chunk_object_name(chunk)
         meta = {
             "batch_id": chunk.batch_id,
             "dataset": chunk.dataset,

@@ -1,0 +1,493 @@
+"""Google Cloud Storage: batches read from ``gs://bucket/prefix/``, and chunks dropped into
+another team's bucket.
+
+Credentials are Google's application-default credentials, found in this order: a key file
+named by ``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default login``, then
+the metadata server (Workload Identity on GKE, the service account of a VM or Cloud Run).
+With ``STORAGE_EMULATOR_HOST`` set, or an ``endpoint`` configured, the client talks to that
+endpoint with anonymous credentials (an emulator); ``anonymous = false`` keeps ADC for a
+private endpoint.
+
+google-cloud-storage is a blocking client: every call runs in this adapter's own bounded
+thread pool, so the event loop never stalls. Streamed reads are one download per object
+whose bytes flow back to the loop through a bounded queue (the download thread waits when
+the reader falls behind), resumed by the SDK if the connection drops, pinned to the
+object's generation, and checksummed (crc32c) at the end.
+
+google's errors are translated at this boundary: a source raises ``SourceError``, a
+destination ``RetryableError`` (429, 5xx, connection trouble) or ``PermanentError`` (access
+denied, no such bucket, missing credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage import exceptions as storage_exceptions
+from google.cloud.storage.retry import DEFAULT_RETRY
+from pydantic import Field, field_validator
+
+from adapters._drop import ReadAhead
+from sender.config import DestinationOptions, Duration, SourceOptions
+from sender.drop import BucketDrop, DropLayout, check_prefix
+from sender.errors import PermanentError, RetryableError, SourceError
+from sender.model import ObjectInfo
+
+__all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
+
+T = TypeVar("T")
+
+_CREDENTIALS_HINT = (
+    "application-default credentials: GOOGLE_APPLICATION_CREDENTIALS (a key file), "
+    "'gcloud auth application-default login', or Workload Identity / the metadata server"
+)
+_QUEUED_PIECES = 2  # pieces a download may run ahead of its reader
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/some/name`` → ``("bucket", "some/name")``; ``SourceError`` if malformed."""
+    if not uri.startswith("gs://"):
+        raise SourceError(f"{uri}: not a gs:// URI")
+    bucket, _, name = uri[5:].partition("/")
+    if not bucket:
+        raise SourceError(f"{uri}: no bucket in the URI")
+    return bucket, name
+
+
+def describe_gcs_error(exc: BaseException, where: str) -> tuple[str, bool]:
+    """A readable reason for an SDK error about ``where`` (``gs://bucket/name``), and whether a
+    later attempt may succeed."""
+    if isinstance(exc, api_exceptions.RetryError):
+        cause = exc.cause
+        reason = describe_gcs_error(cause, where)[0] if cause is not None else str(exc)
+        return f"{reason} (gave up retrying)", True
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        status = int(exc.code or 0)
+        message = exc.message or str(exc)
+        if status == 404:
+            return f"{where}: not found ({message})", False
+        if status in (401, 403):
+            return (
+                f"{where}: access denied (check the bucket's IAM and the service account "
+                f"the sender runs as; credentials come from {_CREDENTIALS_HINT})",
+                False,
+            )
+        if status == 412:
+            return f"{where}: the object changed since it was listed", False
+        retryable = status >= 500 or status in (408, 429)
+        return f"{where}: GCS error {status}: {message}", retryable
+    if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+        return f"no Google credentials found ({exc}); looked for {_CREDENTIALS_HINT}", False
+    if isinstance(exc, auth_exceptions.RefreshError | auth_exceptions.TransportError):
+        return f"could not get Google credentials: {exc}", True
+    if isinstance(exc, storage_exceptions.DataCorruption):
+        return f"{where}: download corrupted in transit (checksum mismatch)", True
+    if isinstance(exc, requests.RequestException | ConnectionError | TimeoutError | OSError):
+        return f"{where}: connection error: {exc}", True
+    if isinstance(exc, storage_exceptions.InvalidResponse):
+        return f"{where}: unexpected answer from GCS: {exc}", True
+    return f"{where}: {type(exc).__name__}: {exc}", False
+
+
+_SDK_ERRORS = (
+    api_exceptions.GoogleAPIError,
+    auth_exceptions.GoogleAuthError,
+    storage_exceptions.InvalidResponse,
+    storage_exceptions.DataCorruption,
+    requests.RequestException,
+    OSError,
+    TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def _source_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except _SDK_ERRORS as exc:
+        raise SourceError(describe_gcs_error(exc, where)[0]) from exc
+
+
+@contextlib.contextmanager
+def _delivery_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except _SDK_ERRORS as exc:
+        reason, retryable = describe_gcs_error(exc, where)
+        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+
+
+class _Client:
+    """A google-cloud-storage client used only from its own bounded thread pool; made on
+    first use in that pool (finding credentials may ask the metadata server)."""
+
+    def __init__(
+        self,
+        *,
+        project: str | None,
+        endpoint: str | None,
+        anonymous: bool | None,
+        workers: int,
+    ) -> None:
+        self._project = project
+        self._endpoint = endpoint
+        self._anonymous = anonymous
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sender-gcs")
+        self._client: storage.Client | None = None
+        self._make_lock = threading.Lock()
+        self.closed = False
+
+    def _make(self) -> storage.Client:
+        with self._make_lock:
+            if self._client is None:
+                kwargs: dict[str, Any] = {}
+                if self._endpoint:
+                    kwargs["client_options"] = {"api_endpoint": self._endpoint}
+                anonymous = self._anonymous
+                if anonymous is None:
+                    anonymous = bool(self._endpoint or os.environ.get("STORAGE_EMULATOR_HOST"))
+                if anonymous:
+                    kwargs["credentials"] = AnonymousCredentials()
+                # reading and writing objects needs no project: None rather than the client
+                # failing when the credentials do not name one
+                self._client = storage.Client(project=self._project, **kwargs)
+            return self._client
+
+    async def run(self, call: Callable[[storage.Client], T]) -> T:
+        """``call(client)`` in the pool."""
+        if self.closed:
+            raise RuntimeError("GCS adapter closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: call(self._make()))
+
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """``job()`` in the pool; it calls ``client()`` itself (a long download)."""
+        if self.closed:
+            raise RuntimeError("GCS adapter closed")
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def client(self) -> storage.Client:
+        """The client, made on first use: call it in the pool only."""
+        return self._make()
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        client, self._client = self._client, None
+
+        def shutdown() -> None:
+            self._executor.shutdown(wait=True)
+            if client is not None:
+                client.close()
+
+        await asyncio.to_thread(shutdown)
+
+
+class _Cancelled(Exception):
+    """The reader went away: the download thread stops."""
+
+
+class _Pipe(io.RawIOBase):
+    """A writable file for a download thread whose bytes reach the loop in pieces of
+    ``size``; the thread blocks while ``_QUEUED_PIECES`` pieces wait to be read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._loop = loop
+        self._size = size
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._slots = threading.Semaphore(_QUEUED_PIECES)
+        self._buffer = bytearray()
+        self._cancelled = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # from the download thread
+        if self._cancelled:
+            raise _Cancelled
+        self._buffer += data
+        if len(self._buffer) >= self._size:
+            self._hand_over()
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # the SDK rewinds only after decompressive transcoding, which raw downloads avoid
+        raise io.UnsupportedOperation("a streamed download cannot rewind")
+
+    def _hand_over(self) -> None:
+        self._slots.acquire()
+        if self._cancelled:
+            raise _Cancelled
+        piece = bytes(self._buffer)
+        self._buffer.clear()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
+
+    def finish(self) -> None:
+        """The download ended (well or not): hand over the rest, then the end mark."""
+        try:
+            if self._buffer and not self._cancelled:
+                self._hand_over()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def get(self) -> bytes | None:
+        piece = await self._queue.get()
+        if piece is not None:
+            self._slots.release()
+        return piece
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._slots.release()  # wake a thread waiting for room
+
+
+class GcsSource:
+    """Lists and streams the objects of ``gs://bucket/prefix/`` batches.
+
+    Listing is paginated; reads are streamed (see the module docstring) and ranged reads
+    serve Parquet. Every object is read at the generation seen when listing, so an object
+    rewritten mid-batch is an error rather than a silent mix.
+    """
+
+    class Options(SourceOptions):
+        """``[sources.<name>]`` with ``type = "gcs"``."""
+
+        type: Literal["gcs"] = "gcs"
+        project: str | None = None
+        endpoint: str | None = None  # an emulator or private endpoint
+        anonymous: bool | None = None  # None: anonymous with an emulator, else ADC
+        workers: int = Field(4, ge=1, le=64)  # threads for the blocking client
+        timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
+        retry_budget_s: Duration = Field(120.0, alias="retry_budget", gt=0)
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or self.Options()
+        self._client = _Client(
+            project=self.options.project,
+            endpoint=self.options.endpoint,
+            anonymous=self.options.anonymous,
+            workers=self.options.workers,
+        )
+        self._retry = DEFAULT_RETRY.with_timeout(self.options.retry_budget_s)
+        self._pipes: set[_Pipe] = set()
+        self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
+
+    async def __aenter__(self) -> GcsSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def list(self, uri: str) -> list[ObjectInfo]:
+        """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""
+        bucket, name = split_gs_uri(uri)
+        prefix = name if not name or name.endswith("/") else name + "/"
+        timeout, retry = self.options.timeout_s, self._retry
+
+        def listing(client: storage.Client) -> list[ObjectInfo]:
+            found = []
+            blobs = client.list_blobs(
+                bucket,
+                prefix=prefix,
+                fields="items(name,size,generation),nextPageToken",
+                timeout=timeout,
+                retry=retry,
+            )
+            for blob in blobs:
+                if blob.name.endswith("/"):  # a console "folder", not an object
+                    continue
+                found.append(ObjectInfo(f"gs://{bucket}/{blob.name}", blob.size or 0, _gen(blob)))
+            if found or prefix == name:
+                return found
+            blob = client.bucket(bucket).get_blob(name, timeout=timeout, retry=retry)
+            return [ObjectInfo(uri, blob.size or 0, _gen(blob))] if blob is not None else []
+
+        try:
+            found = await self._client.run(listing)
+        except api_exceptions.NotFound as exc:
+            raise SourceError(f"no such bucket: {bucket} ({uri})") from exc
+        except _SDK_ERRORS as exc:
+            raise SourceError(describe_gcs_error(exc, uri)[0]) from exc
+        if not found:
+            raise SourceError(f"{uri}: no such object or prefix (nothing there in bucket {bucket})")
+        return sorted(found, key=lambda o: o.uri)
+
+    async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        """The object's bytes in pieces of ``read_size`` (the last one shorter)."""
+        bucket, name = split_gs_uri(obj.uri)
+        pipe = _Pipe(asyncio.get_running_loop(), self.options.read_size)
+        timeout, retry = self.options.timeout_s, self._retry
+
+        def download() -> None:
+            try:  # whatever happens, the reader gets its end mark
+                blob = self._client.client().bucket(bucket).blob(name, generation=_generation(obj))
+                blob.download_to_file(pipe, raw_download=True, timeout=timeout, retry=retry)
+            finally:
+                pipe.finish()
+
+        self._pipes.add(pipe)
+        done = self._client.submit(download)
+        try:
+            while (piece := await pipe.get()) is not None:
+                yield piece
+            try:
+                await done
+            except api_exceptions.NotFound as exc:
+                raise SourceError(
+                    f"{obj.uri}: no such object (deleted or rewritten since it was listed)"
+                ) from exc
+            except _SDK_ERRORS as exc:
+                raise SourceError(describe_gcs_error(exc, obj.uri)[0]) from exc
+        finally:
+            pipe.cancel()
+            self._pipes.discard(pipe)
+            with contextlib.suppress(_Cancelled, *_SDK_ERRORS):
+                await done
+
+    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
+        ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
+        return await self._ahead.read(obj, start, length)
+
+    async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        end = start + length - 1
+        bucket, name = split_gs_uri(obj.uri)
+        timeout, retry = self.options.timeout_s, self._retry
+
+        def ranged(client: storage.Client) -> bytes:
+            blob = client.bucket(bucket).blob(name, generation=_generation(obj))
+            data: bytes = blob.download_as_bytes(
+                start=start, end=end, raw_download=True, checksum=None, timeout=timeout, retry=retry
+            )
+            return data
+
+        with _source_errors(obj.uri):
+            return await self._client.run(ranged)
+
+    async def aclose(self) -> None:
+        """Stop running downloads and the thread pool; idempotent."""
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        self._ahead.clear()
+        await self._client.aclose()
+
+
+def _gen(blob: storage.Blob) -> str:
+    return str(blob.generation) if blob.generation is not None else ""
+
+
+def _generation(obj: ObjectInfo) -> int | None:
+    return int(obj.version) if obj.version.isdigit() else None
+
+
+class GcsDestination(BucketDrop):
+    """Drops each chunk as one object into ``bucket`` under the ``prefix`` template, then a
+    ``_MANIFEST.json`` and ``_SUCCESS`` once the route's chunks are all there.
+
+    Object names are deterministic, so a retry or a replay overwrites. Each object has its
+    content type (by format), content encoding (by codec) and metadata (idempotency key,
+    batch, route, chunk, records, sha256). As a dead-letter store it also writes a
+    ``.meta.json`` with the error next to each chunk. The SDK does not retry uploads here:
+    the target's retry policy (attempts, budget, circuit) decides.
+    """
+
+    class Options(DestinationOptions):
+        """``[destinations.<name>]`` with ``type = "gcs"``.
+
+        ``prefix`` takes ``{dataset}``, ``{batch_id}``, ``{route}`` and ``{chunk}``; it must
+        contain ``{batch_id}``, and needs ``{route}`` when several routes share the drop.
+        """
+
+        type: Literal["gcs"] = "gcs"
+        bucket: str = Field(min_length=3, max_length=222)
+        prefix: str = "{dataset}/{batch_id}/{route}/"
+        manifest: bool = True
+        project: str | None = None
+        endpoint: str | None = None
+        anonymous: bool | None = None
+
+        @field_validator("prefix")
+        @classmethod
+        def _valid_prefix(cls, value: str) -> str:
+            return check_prefix(value)
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self.layout = DropLayout(options.prefix)
+        self.format = options.format
+        self.codec = options.compression
+        self.manifest = options.manifest
+        self.bucket_uri = f"gs://{options.bucket}"
+        concurrency = options.concurrency
+        limit = options.max_concurrency if concurrency == "adaptive" else int(concurrency)
+        self._client = _Client(
+            project=options.project,
+            endpoint=options.endpoint,
+            anonymous=options.anonymous,
+            workers=limit,
+        )
+
+    def __repr__(self) -> str:
+        return f"GcsDestination({self.name!r}, bucket={self.options.bucket!r})"
+
+    async def __aenter__(self) -> GcsDestination:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        content_encoding: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        bucket, timeout = self.options.bucket, self.options.timeout_s
+
+        def upload(client: storage.Client) -> None:
+            blob = client.bucket(bucket).blob(key)
+            blob.content_encoding = content_encoding
+            blob.metadata = dict(metadata) if metadata else None
+            blob.upload_from_string(data, content_type=content_type, timeout=timeout, retry=None)
+
+        with _delivery_errors(f"{self.bucket_uri}/{key}"):
+            await self._client.run(upload)
+
+    async def object_sizes(self, prefix: str) -> dict[str, int]:
+        bucket, timeout = self.options.bucket, self.options.timeout_s
+
+        def sizes(client: storage.Client) -> dict[str, int]:
+            blobs = client.list_blobs(
+                bucket,
+                prefix=prefix,
+                fields="items(name,size),nextPageToken",
+                timeout=timeout,
+                retry=None,  # the target's retry policy decides
+            )
+            return {blob.name: blob.size or 0 for blob in blobs}
+
+        with _delivery_errors(f"{self.bucket_uri}/{prefix}"):
+            return await self._client.run(sizes)
+
+    async def aclose(self) -> None:
+        """Close the client and its threads; idempotent. ``deliver`` afterwards raises
+        RuntimeError."""
+        await self._client.aclose()

@@ -1,0 +1,442 @@
+"""Amazon S3 (and S3-compatible stores): batches read from ``s3://bucket/prefix/``, and chunks
+dropped into another team's bucket.
+
+Credentials come from the standard AWS chain, exactly as the AWS CLI finds them: the
+environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``), a
+``profile`` (or ``AWS_PROFILE``) in ``~/.aws/config``, web identity (IRSA on EKS:
+``AWS_ROLE_ARN`` + ``AWS_WEB_IDENTITY_TOKEN_FILE``), the ECS/EKS Pod Identity container
+endpoint, then the EC2 instance profile. ``endpoint_url`` points at an S3-compatible store or
+an emulator; without it ``AWS_ENDPOINT_URL_S3`` and ``AWS_ENDPOINT_URL`` are honoured, as the
+AWS tools do.
+
+aiobotocore is imported here only (``pip install 'integration-sender[s3]'``); its errors are
+translated at this boundary: a source raises ``SourceError``, a destination
+``RetryableError`` (throttling, 5xx, connection trouble) or ``PermanentError`` (access denied,
+no such bucket, refused credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Literal
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+from pydantic import Field, field_validator
+
+from adapters._drop import ReadAhead
+from sender.config import DestinationOptions, Duration, SourceOptions
+from sender.drop import BucketDrop, DropLayout, check_prefix
+from sender.errors import PermanentError, RetryableError, SourceError
+from sender.model import ObjectInfo
+
+__all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
+
+# S3 error codes a later attempt can get past; everything else a 4xx says is permanent
+_RETRYABLE_CODES = frozenset(
+    {
+        "BandwidthLimitExceeded",
+        "InternalError",
+        "OperationAborted",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestTimeTooSkewed",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+    }
+)
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
+_REFUSED_CREDENTIALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_CREDENTIALS_HINT = (
+    "the standard AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+    "web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), or an instance role"
+)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")``; ``SourceError`` if malformed."""
+    if not uri.startswith("s3://"):
+        raise SourceError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise SourceError(f"{uri}: no bucket in the URI")
+    return bucket, key
+
+
+def describe_s3_error(exc: BaseException, where: str) -> tuple[str, bool]:
+    """A readable reason for an SDK error about ``where`` (``s3://bucket/key``), and whether a
+    later attempt may succeed."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = error.get("Message") or ""
+        if code == "NoSuchBucket":
+            bucket = error.get("BucketName") or where.removeprefix("s3://").split("/", 1)[0]
+            return f"no such bucket: {bucket}", False
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return f"{where}: no such object", False
+        if code in _DENIED_CODES or (status == 403 and code not in _REFUSED_CREDENTIALS):
+            return (
+                f"{where}: access denied (check the bucket policy and the role the sender "
+                f"runs as; credentials come from {_CREDENTIALS_HINT})",
+                False,
+            )
+        if code in _REFUSED_CREDENTIALS:
+            return f"{where}: the AWS credentials were refused ({code}: {message})", False
+        if code in ("PreconditionFailed", "412"):
+            return f"{where}: the object changed since it was listed", False
+        retryable = code in _RETRYABLE_CODES or status >= 500 or status in (408, 429)
+        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
+        return f"{where}: S3 error {detail}", retryable
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return f"no usable AWS credentials found ({exc}); looked in {_CREDENTIALS_HINT}", False
+    if isinstance(exc, CredentialRetrievalError):
+        return f"could not get AWS credentials: {exc}", True
+    if isinstance(exc, ProfileNotFound):
+        return f"AWS profile not found: {exc}", False
+    if isinstance(exc, ConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
+        return f"{where}: connection error: {exc}", True
+    if isinstance(exc, TimeoutError):
+        return f"{where}: timed out", True
+    if isinstance(exc, BotoCoreError):
+        return f"{where}: {exc}", False
+    return f"{where}: {type(exc).__name__}: {exc}", False
+
+
+_SDK_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+@contextlib.contextmanager
+def _source_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except _SDK_ERRORS as exc:
+        raise SourceError(describe_s3_error(exc, where)[0]) from exc
+
+
+@contextlib.contextmanager
+def _delivery_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except _SDK_ERRORS as exc:
+        reason, retryable = describe_s3_error(exc, where)
+        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+
+
+class _Client:
+    """One aiobotocore S3 client, opened on first use inside the running loop."""
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        profile: str | None,
+        config: AioConfig,
+    ) -> None:
+        self._kwargs: dict[str, Any] = {
+            "region_name": region,
+            "endpoint_url": endpoint_url,  # None: botocore reads AWS_ENDPOINT_URL(_S3) itself
+            "config": config,
+        }
+        self._profile = profile
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    async def get(self) -> Any:
+        if self.closed:
+            raise RuntimeError("S3 adapter closed")
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    session = AioSession(profile=self._profile)
+                    self._client = await self._stack.enter_async_context(
+                        session.create_client("s3", **self._kwargs)
+                    )
+        return self._client
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._client = None
+        await self._stack.aclose()
+
+
+async def _read_piece(body: Any, size: int) -> bytes:
+    # aiohttp hands over whatever has arrived (often 64 KiB or less): gather a whole piece
+    piece = await body.read(size)
+    if not piece or len(piece) == size:
+        return bytes(piece)
+    buffer = bytearray(piece)
+    while len(buffer) < size:
+        more = await body.read(size - len(buffer))
+        if not more:
+            break
+        buffer += more
+    return bytes(buffer)
+
+
+class S3Source:
+    """Lists and streams the objects of ``s3://bucket/prefix/`` batches.
+
+    Listing is paginated (any number of objects); reads are streamed in ``read_size`` pieces
+    and pinned to the ETag seen when listing, so an object rewritten mid-batch is an error
+    rather than a silent mix. botocore retries throttling and transient errors itself.
+    """
+
+    class Options(SourceOptions):
+        """``[sources.<name>]`` with ``type = "s3"``."""
+
+        type: Literal["s3"] = "s3"
+        endpoint_url: str | None = None  # S3-compatible stores, emulators
+        region: str | None = None
+        profile: str | None = None
+        addressing_style: Literal["auto", "path", "virtual"] = "auto"
+        timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
+        attempts: int = Field(5, ge=1)  # botocore's own retries of each request
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or self.Options()
+        self._client = _Client(
+            endpoint_url=self.options.endpoint_url,
+            region=self.options.region,
+            profile=self.options.profile,
+            config=AioConfig(
+                connect_timeout=min(10.0, self.options.timeout_s),
+                read_timeout=self.options.timeout_s,
+                retries={"mode": "standard", "total_max_attempts": self.options.attempts},
+                s3={"addressing_style": self.options.addressing_style},
+            ),
+        )
+        self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
+
+    async def __aenter__(self) -> S3Source:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def list(self, uri: str) -> list[ObjectInfo]:
+        """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""
+        bucket, key = split_s3_uri(uri)
+        client = await self._client_for(uri)
+        # a key without a trailing slash is a folder when objects are under it, else an object
+        prefix = key if not key or key.endswith("/") else key + "/"
+        found: list[ObjectInfo] = []
+        with _source_errors(f"s3://{bucket}/{prefix}"):
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    if item["Key"].endswith("/"):  # a console "folder", not an object
+                        continue
+                    found.append(
+                        ObjectInfo(
+                            f"s3://{bucket}/{item['Key']}",
+                            int(item["Size"]),
+                            str(item.get("ETag", "")).strip('"'),
+                        )
+                    )
+        if found:
+            return sorted(found, key=lambda o: o.uri)
+        if prefix != key:
+            head = await self._head(client, bucket, key, uri)
+            if head is not None:
+                version = str(head.get("ETag", "")).strip('"')
+                return [ObjectInfo(uri, int(head["ContentLength"]), version)]
+        raise SourceError(f"{uri}: no such object or prefix (nothing there in bucket {bucket})")
+
+    @staticmethod
+    async def _head(client: Any, bucket: str, key: str, uri: str) -> dict[str, Any] | None:
+        try:
+            head: dict[str, Any] = await client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return None
+            raise SourceError(describe_s3_error(exc, uri)[0]) from exc
+        except _SDK_ERRORS as exc:
+            raise SourceError(describe_s3_error(exc, uri)[0]) from exc
+        return head
+
+    async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        """The object's bytes in pieces of ``read_size`` (the last one shorter)."""
+        bucket, key = split_s3_uri(obj.uri)
+        client = await self._client_for(obj.uri)
+        size = self.options.read_size
+        with _source_errors(obj.uri):
+            response = await client.get_object(Bucket=bucket, Key=key, **_if_match(obj))
+        body = response["Body"]
+        try:
+            while True:
+                with _source_errors(obj.uri):
+                    piece = await _read_piece(body, size)
+                if not piece:
+                    return
+                yield piece
+        finally:
+            body.close()
+
+    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
+        ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
+        return await self._ahead.read(obj, start, length)
+
+    async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
+        end = start + length - 1
+        bucket, key = split_s3_uri(obj.uri)
+        client = await self._client_for(obj.uri)
+        with _source_errors(obj.uri):
+            response = await client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{end}", **_if_match(obj)
+            )
+            async with response["Body"] as body:
+                return bytes(await body.read())
+
+    async def _client_for(self, where: str) -> Any:
+        with _source_errors(where):
+            return await self._client.get()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent."""
+        self._ahead.clear()
+        await self._client.aclose()
+
+
+def _if_match(obj: ObjectInfo) -> dict[str, str]:
+    return {"IfMatch": f'"{obj.version}"'} if obj.version else {}
+
+
+class S3Destination(BucketDrop):
+    """Drops each chunk as one object into ``bucket`` under the ``prefix`` template, then a
+    ``_MANIFEST.json`` and ``_SUCCESS`` once the route's chunks are all there.
+
+    Object names are deterministic, so a retry or a replay overwrites. Each object has its
+    ``Content-Type`` (by format), ``Content-Encoding`` (by codec) and metadata (idempotency
+    key, batch, route, chunk, records, sha256). As a dead-letter store it also writes a
+    ``.meta.json`` with the error next to each chunk. botocore does not retry here: the
+    target's retry policy (attempts, budget, circuit) decides.
+    """
+
+    class Options(DestinationOptions):
+        """``[destinations.<name>]`` with ``type = "s3"``.
+
+        ``prefix`` takes ``{dataset}``, ``{batch_id}``, ``{route}`` and ``{chunk}``; it must
+        contain ``{batch_id}``, and needs ``{route}`` when several routes share the drop.
+        ``acl = "bucket-owner-full-control"`` is what a cross-account drop usually needs.
+        """
+
+        type: Literal["s3"] = "s3"
+        bucket: str = Field(min_length=3, max_length=63)
+        prefix: str = "{dataset}/{batch_id}/{route}/"
+        manifest: bool = True
+        endpoint_url: str | None = None
+        region: str | None = None
+        profile: str | None = None
+        addressing_style: Literal["auto", "path", "virtual"] = "auto"
+        acl: str | None = None
+        server_side_encryption: Literal["AES256", "aws:kms", "aws:kms:dsse"] | None = None
+        kms_key_id: str | None = None
+
+        @field_validator("prefix")
+        @classmethod
+        def _valid_prefix(cls, value: str) -> str:
+            return check_prefix(value)
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self.layout = DropLayout(options.prefix)
+        self.format = options.format
+        self.codec = options.compression
+        self.manifest = options.manifest
+        self.bucket_uri = f"s3://{options.bucket}"
+        concurrency = options.concurrency
+        limit = options.max_concurrency if concurrency == "adaptive" else int(concurrency)
+        self._client = _Client(
+            endpoint_url=options.endpoint_url,
+            region=options.region,
+            profile=options.profile,
+            config=AioConfig(
+                connect_timeout=min(10.0, options.timeout_s),
+                read_timeout=options.timeout_s,
+                max_pool_connections=limit,
+                retries={"mode": "standard", "total_max_attempts": 1},
+                s3={"addressing_style": options.addressing_style},
+            ),
+        )
+        extra: dict[str, str] = {}
+        if options.acl:
+            extra["ACL"] = options.acl
+        if options.server_side_encryption:
+            extra["ServerSideEncryption"] = options.server_side_encryption
+        if options.kms_key_id:
+            extra["SSEKMSKeyId"] = options.kms_key_id
+        self._extra = extra
+
+    def __repr__(self) -> str:
+        return f"S3Destination({self.name!r}, bucket={self.options.bucket!r})"
+
+    async def __aenter__(self) -> S3Destination:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def put_object(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        content_encoding: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        where = f"{self.bucket_uri}/{key}"
+        with _delivery_errors(where):
+            client = await self._client.get()
+            kwargs: dict[str, Any] = dict(self._extra)
+            if content_encoding:
+                kwargs["ContentEncoding"] = content_encoding
+            await client.put_object(
+                Bucket=self.options.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=dict(metadata or {}),
+                **kwargs,
+            )
+
+    async def object_sizes(self, prefix: str) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        with _delivery_errors(f"{self.bucket_uri}/{prefix}"):
+            client = await self._client.get()
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.options.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    sizes[item["Key"]] = int(item["Size"])
+        return sizes
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent. ``deliver`` afterwards raises RuntimeError."""
+        await self._client.aclose()
