@@ -35,7 +35,7 @@ from sender.model import (
     TriggerMessage,
     chunk_sort_key,
 )
-from sender.ports import BatchRecord, ChunkRecord, RouteStats
+from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
 
 __all__ = [
     "MemoryDestination",
@@ -48,7 +48,6 @@ __all__ = [
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
 
 
 def _utc(value: datetime) -> datetime:
@@ -75,6 +74,7 @@ class MemoryLedger:
         self._replays: list[dict[str, Any]] = []
         # apart from batches: a lease may be taken before start_batch creates the batch
         self._leases: dict[str, tuple[str, datetime]] = {}
+        self._inbox: dict[str, InboxMessage] = {}  # insertion order is arrival order
         self._sequence = itertools.count(1)
         self._closed = False
 
@@ -237,6 +237,65 @@ class MemoryLedger:
 
     async def ping(self) -> None:
         await self._enter()
+
+    # -- the inbox (http trigger) --------------------------------------------------------
+
+    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
+        await self._enter()
+        existing = self._inbox.get(message_id)
+        if existing is not None and existing.state == "pending":
+            return False
+        self._inbox.pop(message_id, None)  # queued again: now the newest
+        self._inbox[message_id] = InboxMessage(message_id, bytes(body), "pending", self._now())
+        return True
+
+    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
+        await self._enter()
+        now = self._now()
+        claimed: list[InboxMessage] = []
+        for message in self._inbox.values():
+            if len(claimed) >= limit:
+                break
+            if message.state != "pending" or (
+                message.lease_expires is not None and message.lease_expires > now
+            ):
+                continue
+            message.owner = owner
+            message.lease_expires = now + timedelta(seconds=lease_s)
+            message.deliveries += 1
+            claimed.append(copy.deepcopy(message))
+        return claimed
+
+    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
+        await self._enter()
+        message = self._inbox.get(message_id)
+        if message is None or message.state != "pending" or message.owner != owner:
+            return False
+        message.lease_expires = self._now() + timedelta(seconds=lease_s)
+        return True
+
+    async def settle_message(
+        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
+    ) -> None:
+        if outcome not in ("done", "rejected", "released"):
+            raise ValueError(f"unknown inbox outcome {outcome!r}")
+        await self._enter()
+        message = self._inbox.get(message_id)
+        if message is None:
+            raise LedgerError(f"unknown inbox message {message_id!r}")
+        if outcome == "released":
+            if message.state == "pending":
+                message.owner = message.lease_expires = None
+            return
+        message.state = outcome
+        message.reason = reason
+        message.settled_at = self._now()
+        message.owner = message.lease_expires = None
+
+    async def get_message(self, message_id: str) -> InboxMessage | None:
+        await self._enter()
+        message = self._inbox.get(message_id)
+        return None if message is None else copy.deepcopy(message)
 
     async def record_replay(
         self, batch_id: str, who: str, selectors: dict[str, Any], outcome: dict[str, Any]

@@ -31,7 +31,7 @@ import orjson
 
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
-from sender.ports import BatchRecord, ChunkRecord, RouteStats
+from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
 
 __all__ = ["MIGRATIONS", "SqliteLedger"]
 
@@ -98,6 +98,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 2: the inbox of the http trigger (messages accepted over HTTP, claimed by a daemon)
+    (
+        """
+        CREATE TABLE inbox (
+            message_id    TEXT PRIMARY KEY,
+            body          BLOB NOT NULL,
+            state         TEXT NOT NULL,
+            received_at   TEXT NOT NULL,
+            deliveries    INTEGER NOT NULL DEFAULT 0,
+            owner         TEXT,
+            lease_expires TEXT,
+            settled_at    TEXT,
+            reason        TEXT
+        )
+        """,
+        "CREATE INDEX inbox_pending ON inbox (state, received_at)",
+    ),
 )
 
 _BATCH_SELECT = (
@@ -126,7 +143,6 @@ def _ts(value: datetime) -> str:
 
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
-
 
 
 def _route_stats(data: dict[str, Any]) -> RouteStats:
@@ -172,6 +188,20 @@ def _chunk(row: sqlite3.Row) -> ChunkRecord:
         location=row["location"],
         checksum=row["checksum"],
         updated_at=_dt(row["updated_at"]),
+    )
+
+
+def _inbox(row: sqlite3.Row) -> InboxMessage:
+    return InboxMessage(
+        message_id=row["message_id"],
+        body=bytes(row["body"]),
+        state=row["state"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+        deliveries=row["deliveries"],
+        owner=row["owner"],
+        lease_expires=_dt(row["lease_expires"]),
+        settled_at=_dt(row["settled_at"]),
+        reason=row["reason"],
     )
 
 
@@ -564,6 +594,117 @@ class SqliteLedger:
     async def ping(self) -> None:
         """Raise ``LedgerError`` unless the file answers ``SELECT 1``."""
         await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- the inbox (http trigger) --------------------------------------------------------
+
+    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
+        """Store a pending message; False if one with this id is already pending. A settled
+        one is queued again (see the ``Ledger`` port)."""
+        now = _ts(self._now())
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                """
+                INSERT INTO inbox (message_id, body, state, received_at)
+                VALUES (?, ?, 'pending', ?)
+                ON CONFLICT (message_id) DO UPDATE SET
+                    body = excluded.body, state = 'pending', received_at = excluded.received_at,
+                    deliveries = 0, owner = NULL, lease_expires = NULL, settled_at = NULL,
+                    reason = NULL
+                WHERE inbox.state != 'pending'
+                """,
+                (message_id, bytes(body), now),
+            )
+            return cursor.rowcount > 0
+
+        return await self._call(run, write=True)
+
+    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
+        """Lease up to ``limit`` free pending messages to ``owner``, oldest first."""
+        now = self._now()
+        stamp, expires = _ts(now), _ts(now + timedelta(seconds=lease_s))
+
+        def run(conn: sqlite3.Connection) -> list[InboxMessage]:
+            ids = [
+                row["message_id"]
+                for row in conn.execute(
+                    """
+                    SELECT message_id FROM inbox
+                    WHERE state = 'pending' AND (lease_expires IS NULL OR lease_expires <= ?)
+                    ORDER BY received_at, rowid LIMIT ?
+                    """,
+                    (stamp, max(0, limit)),
+                )
+            ]
+            claimed = []
+            for message_id in ids:
+                conn.execute(
+                    "UPDATE inbox SET owner = ?, lease_expires = ?, deliveries = deliveries + 1 "
+                    "WHERE message_id = ?",
+                    (owner, expires, message_id),
+                )
+                row = conn.execute(
+                    "SELECT * FROM inbox WHERE message_id = ?", (message_id,)
+                ).fetchone()
+                claimed.append(_inbox(row))
+            return claimed
+
+        return await self._call(run, write=True)
+
+    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
+        """Renew ``owner``'s claim; False when it no longer holds the message. A lease that
+        expired but was not claimed by anyone else is still ``owner``'s to renew."""
+        expires = _ts(self._now() + timedelta(seconds=lease_s))
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE inbox SET lease_expires = ? "
+                "WHERE message_id = ? AND state = 'pending' AND owner = ?",
+                (expires, message_id, owner),
+            )
+            return cursor.rowcount > 0
+
+        return await self._call(run, write=True)
+
+    async def settle_message(
+        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
+    ) -> None:
+        """``done``/``rejected`` for good, or ``released`` back to pending."""
+        if outcome not in ("done", "rejected", "released"):
+            raise ValueError(f"unknown inbox outcome {outcome!r}")
+        now = _ts(self._now())
+
+        def run(conn: sqlite3.Connection) -> None:
+            if outcome == "released":
+                cursor = conn.execute(
+                    "UPDATE inbox SET owner = NULL, lease_expires = NULL "
+                    "WHERE message_id = ? AND state = 'pending'",
+                    (message_id,),
+                )
+                exists = (
+                    cursor.rowcount > 0
+                    or conn.execute(
+                        "SELECT 1 FROM inbox WHERE message_id = ?", (message_id,)
+                    ).fetchone()
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE inbox SET state = ?, settled_at = ?, reason = ?, owner = NULL, "
+                    "lease_expires = NULL WHERE message_id = ?",
+                    (outcome, now, reason, message_id),
+                )
+                exists = cursor.rowcount > 0
+            if not exists:
+                raise LedgerError(f"unknown inbox message {message_id!r}")
+
+        await self._call(run, write=True)
+
+    async def get_message(self, message_id: str) -> InboxMessage | None:
+        def run(conn: sqlite3.Connection) -> InboxMessage | None:
+            row = conn.execute("SELECT * FROM inbox WHERE message_id = ?", (message_id,)).fetchone()
+            return None if row is None else _inbox(row)
+
+        return await self._call(run)
 
     # -- replays (on-call audit trail) ---------------------------------------------------
 

@@ -4,7 +4,9 @@
 ``GET /metrics`` Prometheus · ``POST /v1/batches`` a trigger message (or a Pub/Sub push
 envelope) put on the configured trigger · ``GET /v1/batches`` and ``/v1/batches/{id}`` the same
 data as ``sender status --json``. The ``/v1`` routes need ``Authorization: Bearer <token>``
-when a token is configured.
+when a token is configured. ``POST /v1/batches`` takes the trigger's own token when it has
+one (``[trigger] token`` of the ``http`` trigger) as well as the daemon's, and also as a
+``?token=`` query parameter: a Pub/Sub push subscription cannot send a fixed header.
 """
 
 from __future__ import annotations
@@ -60,11 +62,13 @@ class ControlServer:
         readiness: ReadinessCheck,
         accept: Callable[[TriggerMessage], Awaitable[None]] | None = None,
         token: str | None = None,
+        accept_token: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.readiness = readiness
         self.accept = accept
         self.token = token
+        self.accept_token = accept_token  # also good for POST /v1/batches
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(middlewares=[self._auth])
@@ -81,10 +85,19 @@ class ControlServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.token and request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return _json({"error": "missing or wrong bearer token"}, 401)
+        if request.path.startswith("/v1/"):
+            posting = request.method == "POST" and request.path == "/v1/batches"
+            tokens = [t for t in (self.token, self.accept_token if posting else None) if t]
+            if tokens:
+                given = request.headers.get("Authorization", "")
+                if posting and not given and "token" in request.query:
+                    given = f"Bearer {request.query['token']}"
+                # every token is compared, so the time taken does not tell which one matched
+                matches = [
+                    hmac.compare_digest(given.encode(), f"Bearer {t}".encode()) for t in tokens
+                ]
+                if not any(matches):
+                    return _json({"error": "missing or wrong bearer token"}, 401)
         response: web.StreamResponse = await handler(request)
         return response
 

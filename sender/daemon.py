@@ -2,11 +2,22 @@
 
 - At most ``max_batches`` batches run at once; the next message is taken only when a slot is
   free, so a message waits in its queue, not in our memory.
-- A message is acked only once its batch is complete in the ledger; an invalid one is rejected
-  with the reason; a duplicate of a complete batch is acked without sending; a duplicate of a
-  running batch is acked (the first copy is still unacked and settles the batch).
+- A message is acked only once its batch is complete in the ledger; an invalid one (not a
+  trigger message, unknown dataset or route) is rejected with the reason logged and never
+  holds a slot; a duplicate of a complete batch is acked without sending.
+- A duplicate of a batch that is running here is not started again: it waits beside the
+  first copy (its lease kept too) and is settled like it when the batch ends — acked when
+  complete, released when not. After a broker reconnect the "duplicate" is often the very
+  message whose first delivery can no longer be acked, so acking it early could lose it.
+- A trigger that loses its broker reconnects by itself while ``connected`` is False
+  (``/readyz`` answers 503); if its message stream fails anyway, the daemon opens it again
+  with backoff.
 - SIGTERM/SIGINT: stop taking messages, let chunks in flight finish within ``shutdown_grace``,
-  release unfinished messages for redelivery, exit 0. A second signal exits at once.
+  record them, release unfinished messages for redelivery, exit 0. A second signal exits at
+  once (exit code 1).
+
+``serve(config)`` is ``sender run``; ``open_daemon(config)`` builds the same daemon for tests
+and embedding (``async with open_daemon(config) as daemon: await daemon.run()``).
 """
 
 from __future__ import annotations
@@ -15,22 +26,60 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from .app import App
 from .config import AppConfig
 from .control import ControlServer
 from .engine import BatchBusy
-from .errors import LedgerError, MessageError, SenderError, TriggerError
+from .errors import ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .hooks import Hooks
 from .log import get_logger
 from .model import BatchState, TriggerMessage, parse_trigger_message
-from .ports import Envelope, Trigger
+from .ports import Envelope, Ledger, Trigger
 
-__all__ = ["Daemon", "serve"]
+__all__ = ["Daemon", "Settlement", "open_daemon", "open_trigger", "serve"]
 
 log = get_logger("sender.daemon")
 
 _RETRY_DELAY_S = (1.0, 5.0, 15.0, 60.0)  # before giving back a batch that could not finish
+_REOPEN_DELAY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # before opening a failed message stream again
+_BURST_IDLE_S = 1.0
+
+
+def open_trigger(config: AppConfig, ledger: Ledger | None = None) -> Trigger:
+    """The configured trigger, not yet used; bound to ``ledger`` (the daemon's) when given.
+
+    A trigger with a ``bind(ledger, daemon)`` method gets it called here: the ``http`` trigger
+    keeps its inbox in the ledger, and without one (``sender trigger``) POSTs to the daemon at
+    ``daemon.listen``.
+    """
+    trigger: Trigger = config.trigger.cls(config.trigger.options)
+    bind = getattr(trigger, "bind", None)
+    if bind is not None:
+        bind(ledger, config.daemon)
+    return trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How the daemon settled one message (kept in ``Daemon.settled``, in order)."""
+
+    message_id: str
+    batch_id: str | None  # None for a message that was not a valid trigger
+    verb: str  # "ack", "reject" or "release"
+    ok: bool  # False when the broker refused it (it redelivers the message then)
+
+
+@dataclass(eq=False)
+class _Running:
+    """A batch running here, with every copy of its trigger message taken meanwhile."""
+
+    message: TriggerMessage
+    envelopes: list[Envelope] = field(default_factory=list)
 
 
 class Daemon:
@@ -42,12 +91,23 @@ class Daemon:
         self.trigger = trigger
         self.burst = burst
         self.stopping = asyncio.Event()
-        self.active: set[str] = set()
         self.problem: str | None = None  # set while batches cannot finish (dead-letter down)
+        self.trigger_problem: str | None = None  # set while the message stream fails
+        self.control: ControlServer | None = None  # set by open_daemon
+        self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(self.config.daemon.max_batches)
         self._tasks: set[asyncio.Task[None]] = set()
         self._failures = 0
+        # the latest settlements, for tests and embedding (bounded: the daemon runs for months)
+        self.settled: deque[Settlement] = deque(maxlen=1000)
+        self.settled_total = 0
+        self._settled_changed = asyncio.Condition()
         self.engine = app.engine
+
+    @property
+    def active(self) -> set[str]:
+        """Ids of the batches running now."""
+        return set(self._running)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -60,30 +120,49 @@ class Daemon:
         except SenderError as exc:
             problems.append(f"ledger: {exc}")
         if not self.trigger.connected:
-            problems.append("trigger: not connected")
+            problems.append(f"trigger: {self.config.trigger.type} not connected (reconnecting)")
+        if self.trigger_problem:
+            problems.append(f"trigger: {self.trigger_problem}")
         if self.problem:
             problems.append(self.problem)
         return problems
 
+    async def wait_settled(self, count: int = 1) -> list[Settlement]:
+        """Wait until at least ``count`` messages were settled since start; return the
+        latest settlements (up to 1000), oldest first."""
+        async with self._settled_changed:
+            await self._settled_changed.wait_for(lambda: self.settled_total >= count)
+        return list(self.settled)
+
     async def accept(self, message: TriggerMessage) -> None:
         """A message that came over HTTP: check it, then queue it on the trigger."""
+        self._check(message)
+        await self.trigger.publish(message)
+
+    def _check(self, message: TriggerMessage) -> None:
+        if message.routes is not None:
+            unknown = sorted(set(message.routes) - set(self.config.routes))
+            if unknown:
+                raise MessageError(f"unknown routes {unknown}")
         if not self.engine.routes_for(message):
             raise MessageError(f"no route takes dataset {message.dataset!r}")
-        await self.trigger.publish(message)
 
     # -- the loop --------------------------------------------------------------------------
 
     def request_stop(self, signame: str = "") -> None:
+        """Begin a graceful stop; called a second time, exit the process at once."""
         if self.stopping.is_set():
             log.warning("daemon.forced_exit", signal=signame)
             os._exit(1)
-        log.info("daemon.stopping", signal=signame, in_flight=sorted(self.active))
+        log.info("daemon.stopping", signal=signame, in_flight=sorted(self._running))
         self.stopping.set()
 
     async def run(self) -> int:
+        """Take and run messages until stopped (or, in burst mode, until the queue is
+        empty); drain; return the exit code (0)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         log.info(
             "daemon.started",
@@ -96,67 +175,110 @@ class Daemon:
         finally:
             await self._drain()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
         log.info("daemon.stopped")
         return 0
 
     async def _consume(self) -> None:
-        messages = aiter(self.trigger.messages())
-        stop = asyncio.ensure_future(self.stopping.wait())
+        failures = 0
+        while not self.stopping.is_set():
+            messages = aiter(self.trigger.messages())
+            try:
+                await self._take(messages)
+                return  # stopping, burst done, or the trigger was closed
+            except Exception as exc:
+                # a trigger reconnects by itself; this is for one whose stream still failed
+                delay = _REOPEN_DELAY_S[min(failures, len(_REOPEN_DELAY_S) - 1)]
+                failures += 1
+                self.trigger_problem = str(exc) or type(exc).__name__
+                log.error(
+                    "trigger.failed",
+                    error=self.trigger_problem,
+                    retry_in_s=delay,
+                    exc_info=not isinstance(exc, TriggerError),
+                )
+                await self._pause(delay)
+                self.trigger_problem = None  # reopened next: set again if it fails again
+            finally:
+                # cancels the consumer (prefetched AMQP messages go back to the broker); the
+                # messages of running batches are settled later, on the open connection
+                with contextlib.suppress(Exception):
+                    await messages.aclose()  # type: ignore[attr-defined]
+
+    async def _take(self, messages: AsyncIterator[Envelope]) -> None:
+        """Take messages while a slot is free. ``anext`` is never cancelled except to stop:
+        cancelling a broker receive part-way could strand a message until its lease ends."""
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
+        pending: asyncio.Future[Any] | None = None  # the next Envelope
         try:
             while not self.stopping.is_set():
-                await self._acquire_slot(stop)
-                if self.stopping.is_set():
-                    return
-                if self.burst and await self._queue_empty():
-                    return
-                next_message = asyncio.ensure_future(anext(messages))
+                if pending is None:
+                    if not await self._acquire_slot(stop):
+                        return
+                    pending = asyncio.ensure_future(anext(messages))
                 done, _ = await asyncio.wait(
-                    {next_message, stop},
-                    timeout=self._idle_timeout(),
+                    {pending, stop},
+                    timeout=_BURST_IDLE_S if self.burst else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if next_message not in done:
-                    next_message.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await next_message
-                    self._slots.release()
-                    continue
-                try:
-                    envelope = next_message.result()
-                except StopAsyncIteration:
-                    self._slots.release()
+                if pending in done:
+                    future, pending = pending, None
+                    try:
+                        envelope = future.result()
+                    except StopAsyncIteration:
+                        self._slots.release()
+                        return
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    self.trigger_problem = None
+                    if self.stopping.is_set():
+                        self._slots.release()
+                        await self._settle_quietly(envelope, "release")
+                        return
+                    self._start(envelope)
+                elif not done and await self._burst_done():
                     return
-                except TriggerError as exc:
-                    self._slots.release()
-                    log.error("trigger.failed", error=str(exc))
-                    await self._pause(5.0)
-                    continue
-                task = asyncio.create_task(self._handle(envelope))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
         finally:
             stop.cancel()
-            with contextlib.suppress(Exception):
-                await messages.aclose()  # type: ignore[attr-defined]
+            if pending is not None:
+                await self._abandon(pending)
 
-    def _idle_timeout(self) -> float | None:
-        return 1.0 if self.burst else None
+    async def _abandon(self, pending: asyncio.Future[Any]) -> None:
+        """Stop waiting for the next message; one that arrived meanwhile goes back."""
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending
+        self._slots.release()
+        if pending.done() and not pending.cancelled() and pending.exception() is None:
+            await self._settle_quietly(pending.result(), "release")
 
-    async def _queue_empty(self) -> bool:
-        pending = getattr(self.trigger, "pending", None)
-        if pending is None:
+    def _start(self, envelope: Envelope) -> None:
+        task = asyncio.create_task(self._handle(envelope))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _burst_done(self) -> bool:
+        if self._tasks:
             return False
-        return not self._tasks and await pending() == 0
+        pending = getattr(self.trigger, "pending", None)
+        return pending is None or await pending() == 0
 
-    async def _acquire_slot(self, stop: asyncio.Future[object]) -> None:
-        acquire = asyncio.ensure_future(self._slots.acquire())
+    async def _acquire_slot(self, stop: asyncio.Future[Any]) -> bool:
+        """Wait for a free slot; False (holding none) when stopping first."""
+        acquire: asyncio.Future[Any] = asyncio.ensure_future(self._slots.acquire())
         await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not acquire.done():
             acquire.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await acquire
+        if acquire.done() and not acquire.cancelled():
+            if self.stopping.is_set():
+                self._slots.release()
+                return False
+            return True
+        return False
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -166,7 +288,7 @@ class Daemon:
         if not self._tasks:
             return
         grace = self.config.daemon.shutdown_grace_s
-        log.info("daemon.draining", batches=len(self._tasks), grace_s=grace)
+        log.info("daemon.draining", batches=sorted(self._running), grace_s=grace)
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()
@@ -177,98 +299,176 @@ class Daemon:
     # -- one message -----------------------------------------------------------------------
 
     async def _handle(self, envelope: Envelope) -> None:
+        """One message, holding the slot it was taken with: a batch keeps it until it ends;
+        an invalid message or a duplicate gives it back at once."""
         try:
-            await self._settle(envelope)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(envelope.release())
-            raise
-        except Exception:
-            log.exception("message.failed", message_id=envelope.message_id)
-            with contextlib.suppress(Exception):
-                await envelope.release()
+            try:
+                message = parse_trigger_message(envelope.body)
+                self._check(message)
+            except MessageError as exc:
+                log.warning(
+                    "trigger.rejected",
+                    message_id=envelope.message_id,
+                    reason=str(exc),
+                    body=envelope.body[:500].decode("utf-8", "replace"),
+                )
+                await self._settle_quietly(envelope, "reject", str(exc))
+                return
+            running = self._running.get(message.batch_id)
+            if running is not None:
+                # checked and registered with no await in between: two copies taken at once
+                # cannot both start the batch
+                running.envelopes.append(envelope)
+                log.info(
+                    "trigger.duplicate_in_flight",
+                    batch_id=message.batch_id,
+                    message_id=envelope.message_id,
+                )
+                return
+            running = _Running(message, [envelope])
+            self._running[message.batch_id] = running
+            await self._run(running)
         finally:
             self._slots.release()
 
-    async def _settle(self, envelope: Envelope) -> None:
-        try:
-            message = parse_trigger_message(envelope.body)
-            if message.routes is not None:
-                unknown = sorted(set(message.routes) - set(self.config.routes))
-                if unknown:
-                    raise MessageError(f"unknown routes {unknown}")
-            if not self.engine.routes_for(message):
-                raise MessageError(f"no route takes dataset {message.dataset!r}")
-        except MessageError as exc:
-            log.warning("trigger.rejected", message_id=envelope.message_id, reason=str(exc))
-            await envelope.reject(str(exc))
-            return
-        batch_id = message.batch_id
-        if batch_id in self.active:
-            log.info("trigger.duplicate_in_flight", batch_id=batch_id)
-            await envelope.ack()
-            return
+    async def _run(self, running: _Running) -> None:
+        message = running.message
         log.info(
             "trigger.received",
-            batch_id=batch_id,
+            batch_id=message.batch_id,
             dataset=message.dataset,
-            message_id=envelope.message_id,
+            message_id=running.envelopes[0].message_id,
         )
-        self.active.add(batch_id)
-        extender = asyncio.create_task(self._keep_lease(envelope))
+        # the leases are kept until the messages are settled, a give-back's pause included
+        extender = asyncio.create_task(self._keep_leases(running))
         try:
-            outcome = await self.engine.run_batch(message, stop=self.stopping)
-        except (BatchBusy, LedgerError) as exc:
-            log.warning("batch.deferred", batch_id=batch_id, reason=str(exc))
-            await self._give_back(envelope)
-            return
+            await self._run_and_settle(running)
         finally:
             extender.cancel()
-            self.active.discard(batch_id)
+            with contextlib.suppress(asyncio.CancelledError):
+                await extender
+
+    async def _run_and_settle(self, running: _Running) -> None:
+        batch_id = running.message.batch_id
+        try:
+            outcome = await self.engine.run_batch(running.message, stop=self.stopping)
+        except asyncio.CancelledError:
+            # the grace period ran out: the engine recorded what finished; give the messages
+            # back even though we are being cancelled
+            await asyncio.shield(self._settle_all(running, "release"))
+            raise
+        except (BatchBusy, LedgerError) as exc:
+            log.warning("batch.deferred", batch_id=batch_id, reason=str(exc))
+            await self._give_back(running)
+            return
+        except Exception:
+            log.exception("batch.crashed", batch_id=batch_id)
+            await self._give_back(running)
+            return
         if outcome.state is BatchState.COMPLETE:
             self.problem = None
             self._failures = 0
-            await envelope.ack()
-            log.info("trigger.acked", batch_id=batch_id, message_id=envelope.message_id)
+            await self._settle_all(running, "ack")
+            log.info(
+                "trigger.acked",
+                batch_id=batch_id,
+                messages=len(running.envelopes),
+                already_complete=outcome.already_complete,
+            )
         elif outcome.state is BatchState.FAILED:
-            await envelope.reject(outcome.error or "batch failed")
             log.warning("trigger.rejected", batch_id=batch_id, reason=outcome.error)
+            await self._settle_all(running, "reject", outcome.error or "batch failed")
         else:
             if not self.stopping.is_set():
                 self.problem = f"batch {batch_id} incomplete: {outcome.error}"
-            await self._give_back(envelope)
+            await self._give_back(running)
 
-    async def _give_back(self, envelope: Envelope) -> None:
-        """Release a message we could not finish; wait a little first so that a batch that
-        cannot progress (dead-letter store down) does not spin."""
+    async def _give_back(self, running: _Running) -> None:
+        """Release a batch's messages; wait a little first so that a batch that cannot
+        progress (dead-letter store down) does not spin."""
         if not self.stopping.is_set():
             delay = _RETRY_DELAY_S[min(self._failures, len(_RETRY_DELAY_S) - 1)]
             self._failures += 1
             await self._pause(delay)
-        await envelope.release()
+        await self._settle_all(running, "release")
+        log.info("trigger.released", batch_id=running.message.batch_id)
 
-    async def _keep_lease(self, envelope: Envelope) -> None:
-        interval = max(1.0, self.config.daemon.lease_s / 3)
+    async def _settle_all(self, running: _Running, verb: str, reason: str = "") -> None:
+        # unregistered first: a copy taken from now on starts the batch afresh (and finds it
+        # complete in the ledger), rather than joining a batch that is over
+        batch_id = running.message.batch_id
+        self._running.pop(batch_id, None)
+        for envelope in running.envelopes:
+            await self._settle_quietly(envelope, verb, reason, batch_id)
+
+    async def _settle_quietly(
+        self, envelope: Envelope, verb: str, reason: str = "", batch_id: str | None = None
+    ) -> None:
+        """Settle one message; a failure (the broker went away) is logged: the broker then
+        redelivers the message, and the ledger makes the redelivery harmless."""
+        ok = True
+        try:
+            if verb == "ack":
+                await envelope.ack()
+            elif verb == "reject":
+                await envelope.reject(reason)
+            else:
+                await envelope.release()
+        except Exception as exc:
+            ok = False
+            log.warning(
+                "trigger.settle_failed", message_id=envelope.message_id, verb=verb, error=str(exc)
+            )
+        async with self._settled_changed:
+            self.settled.append(Settlement(envelope.message_id, batch_id, verb, ok))
+            self.settled_total += 1
+            self._settled_changed.notify_all()
+
+    async def _keep_leases(self, running: _Running) -> None:
+        lease_s = self.config.daemon.lease_s
         while True:
-            await asyncio.sleep(interval)
-            try:
-                await envelope.extend(self.config.daemon.lease_s)
-            except SenderError as exc:
-                log.warning("trigger.extend_failed", message_id=envelope.message_id, error=str(exc))
+            await asyncio.sleep(max(0.5, lease_s / 3))
+            for envelope in list(running.envelopes):
+                try:
+                    await envelope.extend(lease_s)
+                except SenderError as exc:
+                    log.warning(
+                        "trigger.extend_failed", message_id=envelope.message_id, error=str(exc)
+                    )
 
 
-async def serve(config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None) -> int:
-    """``sender run``: open everything from the config, serve until stopped, close in reverse."""
+@contextlib.asynccontextmanager
+async def open_daemon(
+    config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None
+) -> AsyncIterator[Daemon]:
+    """The app, trigger, control server and daemon of ``config``, closed in reverse order on
+    exit. ``daemon.control.port`` is the control server's port (useful with ``:0``)."""
     async with contextlib.AsyncExitStack() as stack:
         app = await stack.enter_async_context(App(config, hooks=hooks))
-        trigger = config.trigger.cls(config.trigger.options)
+        trigger = open_trigger(config, app.ledger)
         stack.push_async_callback(trigger.aclose)
         daemon = Daemon(app, trigger, burst=burst)
         token = config.daemon.token.get_secret_value() if config.daemon.token else None
         control = ControlServer(
-            app.ledger, readiness=daemon.readiness, accept=daemon.accept, token=token
+            app.ledger,
+            readiness=daemon.readiness,
+            accept=daemon.accept,
+            token=token,
+            accept_token=getattr(trigger, "accept_token", None),
         )
-        await control.start(config.daemon.host, config.daemon.port)
         stack.push_async_callback(control.stop)
+        try:
+            await control.start(config.daemon.host, config.daemon.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.listen: cannot listen on {config.daemon.listen}: {exc.strerror or exc}"
+            ) from exc
+        daemon.control = control
+        yield daemon
+
+
+async def serve(config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None) -> int:
+    """``sender run``: open everything from the config, serve until stopped, close in reverse."""
+    async with open_daemon(config, burst=burst, hooks=hooks) as daemon:
         return await daemon.run()
     raise AssertionError("unreachable")

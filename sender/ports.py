@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .model import BatchState, ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage
 
@@ -24,6 +24,8 @@ __all__ = [
     "ChunkRecord",
     "Destination",
     "Envelope",
+    "InboxMessage",
+    "InboxOutcome",
     "Ledger",
     "RouteStats",
     "Source",
@@ -120,7 +122,19 @@ class Envelope(Protocol):
 
 @runtime_checkable
 class Trigger(Protocol):
-    """Where the daemon takes trigger messages from (spool directory, HTTP, SQS, AMQP)."""
+    """Where the daemon takes trigger messages from (spool directory, HTTP, SQS, AMQP).
+
+    Optional hooks the core looks for with ``getattr``:
+
+    - ``bind(ledger: Ledger | None, daemon: DaemonConfig) -> None``: called once, right after
+      construction, by ``sender.daemon.open_trigger``; inside the daemon ``ledger`` is the
+      app's opened ledger, in ``sender trigger`` it is None. The ``http`` trigger keeps its
+      inbox in the ledger and learns ``daemon.listen``/``daemon.token`` this way.
+    - ``accept_token: str | None``: a bearer token ``POST /v1/batches`` also accepts (besides
+      ``daemon.token``; either one will do).
+    - ``async pending() -> int``: messages waiting, so ``sender run --burst`` knows when the
+      queue is empty.
+    """
 
     def messages(self) -> AsyncIterator[Envelope]:
         """Yield messages until closed; reconnect on broker loss with backoff."""
@@ -269,8 +283,73 @@ class Ledger(Protocol):
 
     async def release_lease(self, batch_id: str, owner: str) -> None: ...
 
+    async def record_replay(
+        self, batch_id: str, who: str, selectors: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        """Append to the batch's audit trail of ``sender replay``: who (``user@host``), what
+        was selected (routes, chunks, target, rate, dry run) and how it went (``outcome``,
+        JSON-serialisable). ``LedgerError`` for an unknown batch."""
+        ...
+
+    async def replays(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's replays, oldest first, each ``{id, batch_id, who, at (datetime),
+        selectors, outcome}``; ``[]`` for an unknown batch."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``LedgerError`` unless the store answers (``/readyz``)."""
         ...
 
+    # -- the inbox: trigger messages accepted over HTTP (``type = "http"``) ---------------
+    # A message POSTed to the control server is stored here before the 202, then claimed by
+    # a daemon (any replica sharing the ledger), leased while its batch runs and settled when
+    # it is done. Like a queue: at-least-once, a released or expired claim is taken again.
+
+    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
+        """Store a message (state ``pending``), durable when this returns. False, changing
+        nothing, when a message with this id is already pending (claimed or not); a settled
+        one (``done``/``rejected``) is queued again with the new body, deliveries reset."""
+        ...
+
+    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
+        """Take up to ``limit`` pending messages, oldest first, that nobody holds (or whose
+        lease expired): lease each to ``owner`` for ``lease_s`` and count the delivery. Two
+        owners never hold the same message at once."""
+        ...
+
+    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
+        """Renew ``owner``'s lease on a claimed message for ``lease_s`` from now; False when
+        ``owner`` no longer holds it (settled, released, or expired and claimed by another)."""
+        ...
+
+    async def settle_message(
+        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
+    ) -> None:
+        """``done`` (its batch is complete) or ``rejected`` (invalid, with ``reason``): kept
+        for the record, never claimed again. ``released``: back to pending, lease cleared, to
+        be claimed again at once. ``LedgerError`` for an unknown id."""
+        ...
+
+    async def get_message(self, message_id: str) -> InboxMessage | None:
+        """The inbox row, or None."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+InboxOutcome = Literal["done", "rejected", "released"]
+
+
+@dataclass(slots=True)
+class InboxMessage:
+    """A trigger message in the ledger's inbox (the ``http`` trigger's durable queue)."""
+
+    message_id: str
+    body: bytes
+    state: str  # "pending" (waiting or claimed), "done" or "rejected"
+    received_at: datetime
+    deliveries: int = 0  # times claimed
+    owner: str | None = None  # who holds the claim while its lease runs
+    lease_expires: datetime | None = None
+    settled_at: datetime | None = None
+    reason: str | None = None  # why it was rejected

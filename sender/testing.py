@@ -18,8 +18,8 @@ opened ledger (a fresh, empty one per test)::
 The tests need pytest-asyncio (the class carries ``pytest.mark.asyncio``; in strict mode
 declare the fixture with ``pytest_asyncio.fixture``). Besides the ``Ledger`` port, a ledger is
 expected to offer ``record_replay(batch_id, who, selectors, outcome)`` and
-``replays(batch_id)``, the audit trail of ``sender replay``. One test waits 50 ms of real time
-for a 10 ms lease to expire.
+``replays(batch_id)``, the audit trail of ``sender replay``. Two tests wait 50 ms of real
+time for a 10 ms lease to expire.
 """
 
 from __future__ import annotations
@@ -395,6 +395,100 @@ class LedgerContract:
     async def test_replay_of_an_unknown_batch_is_an_error(self, ledger: Any) -> None:
         with pytest.raises(LedgerError):
             await ledger.record_replay("nope", "alice", {}, {})
+
+    # -- the inbox (http trigger) --------------------------------------------------------
+
+    async def test_an_enqueued_message_is_claimed_once_with_its_body(self, ledger: Any) -> None:
+        assert await ledger.enqueue_message("m-1", b'{"batch_id": "b-1"}')
+
+        (claimed,) = await ledger.claim_messages("daemon-a", 10, 60)
+
+        assert claimed.message_id == "m-1"
+        assert claimed.body == b'{"batch_id": "b-1"}'
+        assert claimed.state == "pending"
+        assert claimed.deliveries == 1
+        assert claimed.owner == "daemon-a"
+        assert _aware(claimed.received_at) and _aware(claimed.lease_expires)
+        assert await ledger.claim_messages("daemon-b", 10, 60) == []
+
+    async def test_a_duplicate_of_a_pending_message_is_not_queued(self, ledger: Any) -> None:
+        assert await ledger.enqueue_message("m-1", b"first")
+        assert not await ledger.enqueue_message("m-1", b"second")
+        await ledger.claim_messages("daemon-a", 1, 60)
+        assert not await ledger.enqueue_message("m-1", b"third")  # claimed is still pending
+
+        assert (await ledger.get_message("m-1")).body == b"first"
+
+    async def test_messages_are_claimed_oldest_first_up_to_the_limit(self, ledger: Any) -> None:
+        for i in range(3):
+            await ledger.enqueue_message(f"m-{i}", b"x")
+
+        first = await ledger.claim_messages("daemon-a", 2, 60)
+        rest = await ledger.claim_messages("daemon-b", 2, 60)
+
+        assert [m.message_id for m in first] == ["m-0", "m-1"]
+        assert [m.message_id for m in rest] == ["m-2"]
+
+    async def test_a_released_message_is_claimed_again(self, ledger: Any) -> None:
+        await ledger.enqueue_message("m-1", b"x")
+        await ledger.claim_messages("daemon-a", 1, 60)
+
+        await ledger.settle_message("m-1", "released")
+
+        (again,) = await ledger.claim_messages("daemon-b", 1, 60)
+        assert again.deliveries == 2
+        assert again.owner == "daemon-b"
+        assert not await ledger.extend_message("m-1", "daemon-a", 60)
+
+    async def test_settled_messages_are_kept_and_never_claimed(self, ledger: Any) -> None:
+        await ledger.enqueue_message("ok", b"x")
+        await ledger.enqueue_message("bad", b"y")
+        await ledger.claim_messages("daemon-a", 2, 60)
+
+        await ledger.settle_message("ok", "done")
+        await ledger.settle_message("bad", "rejected", "not JSON")
+
+        assert await ledger.claim_messages("daemon-a", 10, 0) == []
+        done, rejected = await ledger.get_message("ok"), await ledger.get_message("bad")
+        assert (done.state, done.owner, done.reason) == ("done", None, None)
+        assert (rejected.state, rejected.reason) == ("rejected", "not JSON")
+        assert _aware(rejected.settled_at)
+        assert await ledger.get_message("unknown") is None
+
+    async def test_a_settled_message_can_be_queued_again(self, ledger: Any) -> None:
+        await ledger.enqueue_message("m-1", b"old")
+        await ledger.claim_messages("daemon-a", 1, 60)
+        await ledger.settle_message("m-1", "done")
+
+        assert await ledger.enqueue_message("m-1", b"new")
+
+        (claimed,) = await ledger.claim_messages("daemon-a", 1, 60)
+        assert (claimed.body, claimed.deliveries, claimed.settled_at) == (b"new", 1, None)
+
+    async def test_only_the_owner_extends_a_claim(self, ledger: Any) -> None:
+        await ledger.enqueue_message("m-1", b"x")
+        (claimed,) = await ledger.claim_messages("daemon-a", 1, 1)
+
+        assert await ledger.extend_message("m-1", "daemon-a", 600)
+        assert not await ledger.extend_message("m-1", "daemon-b", 600)
+        assert not await ledger.extend_message("unknown", "daemon-a", 600)
+
+        extended = await ledger.get_message("m-1")
+        assert extended.lease_expires > claimed.lease_expires
+
+    async def test_an_expired_claim_is_taken_by_another_owner(self, ledger: Any) -> None:
+        await ledger.enqueue_message("m-1", b"x")
+        await ledger.claim_messages("crashed-daemon", 1, 0.01)
+
+        await asyncio.sleep(0.05)  # real time must pass: the ledger judges expiry by its clock
+
+        (taken,) = await ledger.claim_messages("daemon-b", 1, 60)
+        assert (taken.owner, taken.deliveries) == ("daemon-b", 2)
+        assert not await ledger.extend_message("m-1", "crashed-daemon", 60)
+
+    async def test_settling_an_unknown_message_is_an_error(self, ledger: Any) -> None:
+        with pytest.raises(LedgerError):
+            await ledger.settle_message("unknown", "done")
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -45,3 +45,10 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/down"
+
+
+# brokers for the trigger tests (SQS through moto, RabbitMQ queues)
+from tests.brokers import amqp_queue, sqs_queue, sqs_server  # noqa: F401, E402
+
+# session-scoped object stores on loopback (S3 through moto, GCS through fake-gcs-server)
+from tests.cloud import gcs_server, moto_process, moto_server  # noqa: E402, F401
