@@ -5,6 +5,10 @@ For each route a chunk is tried on the targets in order (primary, then fallbacks
 its retry policy; when all fail it goes to the route's dead-letter store. If even that fails,
 the batch stops (``DeadLetterUnavailable``), stays incomplete and is resumed later: nothing is
 dropped and nothing is marked done that was not stored somewhere.
+
+A target whose circuit is open is skipped without an attempt (``circuit.skip``). A chunk a
+target refuses for good (400, 422) is split in halves, down to single records, so that only
+the records the receiver refuses are dead-lettered (``_split``; ``split_on_reject``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from .circuit import CircuitOpenError
 from .config import AppConfig, RouteConfig
 from .errors import DeliveryError, MessageError, PermanentError, SenderError, SourceError
 from .formats import RecordBlock, list_batch, read_records
@@ -37,6 +42,7 @@ from .ports import BatchRecord, BatchSummary, ChunkRecord, Ledger, RouteStats, S
 from .targets import Target
 
 __all__ = [
+    "SPLIT_TARGET",
     "BatchBusy",
     "BatchOutcome",
     "DeadLetterUnavailable",
@@ -48,6 +54,11 @@ __all__ = [
 log = get_logger("sender.engine")
 
 _REJECTS_PER_FILE = 1000
+
+# The ``target`` of a chunk row that was split because a receiver refused it (see ``_split``):
+# its records are counted through its pieces' rows ("7.0", "7.1.0"...). Parentheses keep it
+# apart from destination names (a bare TOML key cannot hold them).
+SPLIT_TARGET = "(split)"
 
 
 class DeadLetterUnavailable(SenderError):
@@ -177,6 +188,86 @@ class Engine:
     def routes_for(self, message: TriggerMessage) -> list[str]:
         return self.config.routes_for(message.dataset, message.routes)
 
+    async def recreate_chunks(
+        self,
+        message: TriggerMessage,
+        route: str,
+        objects: Sequence[ObjectInfo],
+        wanted: Collection[str] | None = None,
+    ) -> AsyncIterator[RawChunk]:
+        """Read ``objects`` again and yield the data chunks of ``route`` cut exactly as a run
+        cuts them (same projection, same chunker), in order: ``sender replay`` re-creates
+        the payloads and idempotency keys first sent. Only ids in ``wanted`` are yielded
+        (every whole chunk when None), and reading stops once all of them were found. Pieces
+        of a split chunk ("7.1.0") are cut from their chunk as ``_split`` cuts them. Raises
+        ``SourceError`` like a run does.
+        """
+        config = self.config.routes[route]
+        run = _RouteRun(
+            route,
+            config,
+            [self.targets[t] for t in config.targets],
+            self.targets[config.dead_letter or self.config.dead_letter_default],
+            {},
+        )
+        # whole chunk id -> the ids wanted from it (itself and/or its pieces)
+        pieces: dict[str, list[str]] | None = None
+        if wanted is not None:
+            pieces = {}
+            for chunk_id in sorted(set(wanted), key=chunk_sort_key):
+                pieces.setdefault(chunk_id.split(".", 1)[0], []).append(chunk_id)
+            if not pieces:
+                return
+        source = await self._source_for(message.uri)
+
+        def cut(raw: RawChunk) -> list[RawChunk]:
+            if pieces is None:
+                return [raw]
+            out = []
+            for chunk_id in pieces.pop(raw.chunk_id, ()):
+                piece = raw
+                for half in chunk_id.split(".")[1:]:
+                    piece = _halves(piece)[int(half)]
+                out.append(piece)
+            return out
+
+        reader = read_records(source, list(objects), message.format)
+        try:
+            async for block in reader:
+                for raw, kind in self._route_block(run, block):
+                    if kind != "data":
+                        continue
+                    for piece in cut(raw):
+                        yield piece
+                    if pieces is not None and not pieces:
+                        return
+        finally:
+            # stopping early: close the reader now (files, threads), not when collected
+            aclose = getattr(reader, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        assert run.chunker is not None
+        for raw in run.chunker.finish():
+            for piece in cut(raw):
+                yield piece
+
+    async def encode_for(
+        self, message: TriggerMessage, route: str, raw: RawChunk, target: Target
+    ) -> EncodedChunk:
+        """A re-created data chunk in ``target``'s format and codec, as a run encodes it."""
+        config = self.config.routes[route]
+        return await asyncio.to_thread(
+            encode_chunk,
+            raw,
+            batch_id=message.batch_id,
+            dataset=message.dataset,
+            route=route,
+            format=target.format,
+            codec=target.codec,
+            level=target.level,
+            columns=list(config.fields) if config.fields else None,
+        )
+
     async def run_batch(
         self,
         message: TriggerMessage,
@@ -207,8 +298,11 @@ class Engine:
             raise MessageError(f"no route takes dataset {message.dataset!r}")
         lease_s = self.config.daemon.lease_s
         if not await self.ledger.acquire_lease(message.batch_id, self.owner, lease_s):
-            holder = existing.lease_owner if existing else "another process"
-            raise BatchBusy(f"batch {message.batch_id} is being sent by {holder}")
+            holder = existing.lease_owner if existing else None
+            if not (holder and await self._take_stale_lease(message.batch_id, holder, lease_s)):
+                raise BatchBusy(
+                    f"batch {message.batch_id} is being sent by {holder or 'another process'}"
+                )
         renewer = asyncio.create_task(self._renew_lease(message.batch_id, lease_s))
         try:
             return await self._run(message, route_names, stop or asyncio.Event(), force)
@@ -218,6 +312,17 @@ class Engine:
                 await renewer
             with contextlib.suppress(SenderError):
                 await asyncio.shield(self.ledger.release_lease(message.batch_id, self.owner))
+
+    async def _take_stale_lease(self, batch_id: str, holder: str, lease_s: float) -> bool:
+        """Take over the lease of a daemon on this host that is gone (``kill -9``, a crash):
+        its lease would otherwise hold the batch until it expires. Only a ``host:pid`` owner
+        of this very host whose process no longer exists; anything else is left to expire."""
+        if not _is_dead_local_owner(holder):
+            return False
+        log.warning("lease.stale", batch_id=batch_id, owner=holder, taken_by=self.owner)
+        await self.ledger.release_lease(batch_id, holder)
+        # another process may take it in between: then that one sends, and we do not
+        return await self.ledger.acquire_lease(batch_id, self.owner, lease_s)
 
     async def _renew_lease(self, batch_id: str, lease_s: float) -> None:
         while True:
@@ -402,7 +507,10 @@ class Engine:
     async def _finish_routes(self, message: TriggerMessage, runs: list[_RouteRun]) -> None:
         """Tell each destination that wants to know (a bucket drop) which chunks it holds."""
         for run in runs:
-            data = [c for c in run.previous.values() if c.kind == "data"]
+            # a split chunk is not held anywhere itself: its pieces are
+            data = [
+                c for c in run.previous.values() if c.kind == "data" and c.target != SPLIT_TARGET
+            ]
             data.sort(key=lambda c: chunk_sort_key(c.chunk_id))
             seen: set[str] = set()
             for target in [*run.targets, run.dead_letter]:
@@ -488,17 +596,15 @@ class Engine:
 
     @staticmethod
     def _count(run: _RouteRun, chunk: ChunkRecord) -> None:
-        if chunk.kind == "rejects":
-            run.stats.rejected += chunk.records
-            if chunk.state is ChunkState.DEAD_LETTERED:
-                run.rejects_stored += chunk.records
-        elif chunk.state is ChunkState.DELIVERED:
-            run.stats.delivered += chunk.records
-            if chunk.target != run.targets[0].name:
-                run.fallbacks += 1
-        elif chunk.state is ChunkState.DEAD_LETTERED:
-            run.stats.dead_lettered += chunk.records
         run.previous[chunk.chunk_id] = chunk
+        if chunk.target == SPLIT_TARGET:
+            # counted once, through its pieces; pieces split again are skipped in turn
+            prefix = chunk.chunk_id + "."
+            for piece in [c for c in run.previous.values() if c.chunk_id.startswith(prefix)]:
+                if piece.target != SPLIT_TARGET:
+                    _tally(run, piece)
+            return
+        _tally(run, chunk)
 
     async def _encode(
         self, message: TriggerMessage, run: _RouteRun, raw: RawChunk, target: Target, kind: str
@@ -531,6 +637,8 @@ class Engine:
             in_flight.release()
         await self.ledger.save_chunks([chunk_record])
         self._count(run, chunk_record)
+        if chunk_record.target == SPLIT_TARGET:
+            return  # its pieces were reported one by one
         self.hooks.chunk_done(
             message.batch_id,
             run.name,
@@ -542,9 +650,17 @@ class Engine:
         )
 
     async def _deliver_chunk(
-        self, message: TriggerMessage, run: _RouteRun, raw: RawChunk, kind: str
+        self,
+        message: TriggerMessage,
+        run: _RouteRun,
+        raw: RawChunk,
+        kind: str,
+        *,
+        first_target: int = 0,
     ) -> tuple[ChunkRecord, int]:
-        """Try the targets in order, then the dead-letter store; the record and wire bytes."""
+        """Try the targets in order (from ``first_target``), then the dead-letter store; the
+        record and wire bytes. A target whose circuit is open is skipped; a chunk a target
+        refuses permanently is split (``_split``) when the route allows it."""
         fields = dict(batch_id=message.batch_id, route=run.name, chunk=raw.chunk_id)
         record = ChunkRecord(
             message.batch_id,
@@ -561,18 +677,35 @@ class Engine:
             record.state = ChunkState.SKIPPED
             return record, 0
         encoded: dict[tuple[str, str, int | None], EncodedChunk] = {}
+        before = run.previous.get(raw.chunk_id)
+        if kind == "data" and before is not None and before.target == SPLIT_TARGET:
+            # split before a restart: split again (the pieces already done are not resent),
+            # never send the whole chunk, whose delivered pieces would arrive twice
+            record.attempts = before.attempts
+            return await self._split(message, run, raw, record, 0, before.last_error or "")
         if kind == "data":
             for position, target in enumerate(run.targets):
+                if position < first_target:
+                    continue
+                if not target.available():
+                    self._skip(run, position, target, errors, fields)
+                    continue
                 key = target.encoding
                 if key not in encoded:
                     encoded[key] = await self._encode(message, run, raw, target, kind)
                 chunk = encoded[key]
                 try:
                     delivered = await target.send(chunk, **fields)
+                except CircuitOpenError:
+                    # opened (or its probe taken) since available() said yes
+                    self._skip(run, position, target, errors, fields)
+                    continue
                 except DeliveryError as exc:
                     record.attempts += exc.attempts or 1
                     errors.append(f"{target.name}: {exc}")
                     permanent = isinstance(exc, PermanentError)
+                    if permanent and run.config.split_on_reject and raw.records > 1:
+                        return await self._split(message, run, raw, record, position, errors[-1])
                     log.warning(
                         "chunk.target_failed",
                         target=target.name,
@@ -601,6 +734,85 @@ class Engine:
                 return record, len(chunk.payload)
         return await self._dead_letter(message, run, raw, kind, record, errors, encoded)
 
+    def _skip(
+        self,
+        run: _RouteRun,
+        position: int,
+        target: Target,
+        errors: list[str],
+        fields: dict[str, str],
+    ) -> None:
+        """A target with an open circuit: no encoding, no attempt, on to the next one."""
+        errors.append(f"{target.name}: circuit open")
+        log.info(
+            "circuit.skip",
+            target=target.name,
+            next=_next_name(run.targets, position, run.dead_letter),
+            **fields,
+        )
+        if position + 1 < len(run.targets):
+            self.hooks.fallback(run.name, target.name, "circuit open")
+
+    async def _split(
+        self,
+        message: TriggerMessage,
+        run: _RouteRun,
+        raw: RawChunk,
+        record: ChunkRecord,
+        position: int,
+        reason: str,
+    ) -> tuple[ChunkRecord, int]:
+        """Poison-record isolation: a target refused the chunk for good, so each half is
+        delivered on its own from that target on (then its fallbacks, then the dead-letter
+        store), halving again down to single records. The good records get through; a bad
+        record ends dead-lettered with the receiver's answer.
+
+        The halves are "7.0" (the first ceil(n/2) records) and "7.1", then "7.1.0"...: the
+        same every time, each with its own Idempotency-Key. Every piece has its ledger row.
+        The chunk's own row is marked split (target ``SPLIT_TARGET``, state pending) *before*
+        a piece is sent, and delivered once every piece is terminal; its records are counted
+        through the pieces. A resume splits it again and sends only the pieces not done.
+        """
+        fields = dict(batch_id=message.batch_id, route=run.name, chunk=raw.chunk_id)
+        halves = _halves(raw)
+        record.state = ChunkState.PENDING
+        record.target = SPLIT_TARGET
+        record.last_error = reason
+        record.location = None
+        await self.ledger.save_chunks([record])
+        run.previous[raw.chunk_id] = record
+        log.info(
+            "chunk.split",
+            target=run.targets[position].name,
+            records=raw.records,
+            into=[half.chunk_id for half in halves],
+            error=reason,
+            **fields,
+        )
+        wire_size = 0
+        for half in halves:
+            done = run.previous.get(half.chunk_id)
+            if done is not None and done.state.terminal:
+                continue  # settled before a restart
+            piece, size = await self._deliver_chunk(
+                message, run, half, "data", first_target=position
+            )
+            await self.ledger.save_chunks([piece])
+            run.previous[half.chunk_id] = piece
+            wire_size += size
+            if piece.target != SPLIT_TARGET:
+                self.hooks.chunk_done(
+                    message.batch_id,
+                    run.name,
+                    piece.state.value,
+                    piece.target,
+                    piece.records,
+                    piece.raw_size,
+                    size,
+                )
+        record.state = ChunkState.DELIVERED
+        return record, wire_size
+
     async def _dead_letter(
         self,
         message: TriggerMessage,
@@ -621,7 +833,9 @@ class Engine:
             "targets": [t.name for t in run.targets] if kind == "data" else [],
         }
         try:
-            delivered = await target.send(chunk, **fields)
+            # never refused by its circuit: there is nothing to skip to, and a store that
+            # came back must be used at once, not after the circuit's reset
+            delivered = await target.send_ignoring_circuit(chunk, **fields)
         except DeliveryError as exc:
             record.state = ChunkState.FAILED
             record.last_error = f"{reason}; dead-letter {target.name}: {exc}"
@@ -669,3 +883,40 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 def _next_name(targets: Sequence[Target], position: int, dead_letter: Target) -> str:
     return targets[position + 1].name if position + 1 < len(targets) else dead_letter.name
+
+
+def _is_dead_local_owner(owner: str) -> bool:
+    """``owner`` is ``default_owner()`` of a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, someone else's
+        return False
+    return False
+
+
+def _tally(run: _RouteRun, chunk: ChunkRecord) -> None:
+    """Add one settled chunk (not a split one) to its route's reconciliation."""
+    if chunk.kind == "rejects":
+        run.stats.rejected += chunk.records
+        if chunk.state is ChunkState.DEAD_LETTERED:
+            run.rejects_stored += chunk.records
+    elif chunk.state is ChunkState.DELIVERED:
+        run.stats.delivered += chunk.records
+        if chunk.target != run.targets[0].name:
+            run.fallbacks += 1
+    elif chunk.state is ChunkState.DEAD_LETTERED:
+        run.stats.dead_lettered += chunk.records
+
+
+def _halves(raw: RawChunk) -> list[RawChunk]:
+    """``7`` → ``7.0`` (the first ceil(n/2) records) and ``7.1`` (the rest): always the same."""
+    middle = (raw.records + 1) // 2
+    return [
+        RawChunk(f"{raw.chunk_id}.{i}", lines, sum(len(line) + 1 for line in lines))
+        for i, lines in enumerate((raw.lines[:middle], raw.lines[middle:]))
+    ]

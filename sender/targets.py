@@ -1,5 +1,20 @@
 """A target is a destination as the core uses it: the adapter, plus the policies that wrap
-every delivery to it — bounded concurrency and the retry policy — shared by all batches.
+every delivery to it, shared by all batches:
+
+- a **circuit breaker** (``sender.circuit``): after ``circuit.failures`` failed deliveries the
+  target is skipped until a probe succeeds;
+- a **rate limit** (``rate_limit``, ``sender.ratelimit``): a token bucket per request or per
+  record, and a shared pause when the receiver answers with ``Retry-After``;
+- **concurrency**: a fixed number of requests in flight, or ``"adaptive"`` (AIMD up to
+  ``max_concurrency``, ``sender.concurrency``);
+- the **retry policy** (``sender.retry``).
+
+One attempt goes: wait out a pause → take a concurrency slot → take rate-limit tokens →
+(paused meanwhile? wait again) → send. Waiting for a slot or for tokens is queueing, not
+trying: it uses up no attempt and is not counted in the retry ``budget``. Waiting out a
+receiver's pause is counted (the receiver asked for it, like a ``Retry-After`` backoff), and a
+pause that would run past the budget fails the delivery at once, so that the chunk moves on to
+the next target instead of queueing behind a receiver that said "come back in an hour".
 
 Encoding is per target (each destination has its own format and codec), and a chunk's
 encodings are cached so a fallback with the same format and codec reuses the bytes.
@@ -8,18 +23,42 @@ encodings are cached so a fallback with the same format and codec reuses the byt
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
+from .circuit import CircuitBreaker, CircuitOpenError, CircuitState
+from .concurrency import AIMDController, Limiter
 from .config import DestinationOptions
+from .errors import DeliveryError, PermanentError, RetryableError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
 from .ports import Destination
-from .retry import RetryEvent, RetryPolicy
+from .ratelimit import Pause, RateLimiter
+from .retry import RetryEvent, RetryPolicy, is_testing
 
-__all__ = ["Delivered", "Target"]
+__all__ = ["Delivered", "Target", "is_push_back"]
 
 log = get_logger("sender.targets")
+
+# "HTTP 429: ..." / "HTTP 503" as the HTTP destination words it; "timeout after 30s"
+_PUSH_BACK_STATUS = re.compile(r"^HTTP (429|503)\b")
+
+
+def is_push_back(error: RetryableError) -> bool:
+    """Whether a failure says "you are sending too much": 429, 503, a timeout, or any answer
+    that said when to come back (``Retry-After``, ``RateLimit-Reset``). A 500 or a reset
+    connection says nothing about load."""
+    if error.retry_after is not None:
+        return True
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        return status in (429, 503)
+    reason = error.reason or ""
+    return bool(_PUSH_BACK_STATUS.match(reason)) or reason.startswith("timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,33 +67,169 @@ class Delivered:
     attempts: int
 
 
-class Target:
-    """One configured destination with its shared concurrency limit and retry policy."""
+class _Abort(Exception):
+    """Ends a retry loop from inside an attempt (the retry policy retries every
+    ``RetryableError``); carries the error the send ends with."""
 
-    def __init__(self, name: str, destination: Destination, options: DestinationOptions) -> None:
+    def __init__(self, error: DeliveryError, *, failed: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.failed = failed  # counts as a failed delivery for the circuit breaker
+
+
+class Target:
+    """One configured destination with its shared circuit breaker, rate limit, concurrency
+    limit and retry policy.
+
+    ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests. ``concurrency`` is
+    the fixed limit, or the ceiling when adaptive; ``limiter.limit`` is the limit now.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        destination: Destination,
+        options: DestinationOptions,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> None:
         self.name = name
         self.destination = destination
         self.options = options
         self.format: str = options.format
         self.codec: str = options.compression
         self.level: int | None = options.compression_level
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or asyncio.sleep
         limit = options.concurrency
-        self.concurrency = options.max_concurrency if limit == "adaptive" else int(limit)
-        self._slots = asyncio.Semaphore(self.concurrency)
-        self.retry = RetryPolicy(options.retry)
+        self.adaptive = limit == "adaptive"
+        self.concurrency = options.max_concurrency if self.adaptive else int(limit)
+        # adaptive starts at one request and earns more, as ARC does
+        self.limiter = Limiter(1 if self.adaptive else self.concurrency)
+        self.aimd: AIMDController | None = (
+            AIMDController(
+                self.limiter,
+                ceiling=self.concurrency,
+                target=name,
+                clock=self._clock,
+                on_change=lambda old, new, reason: metrics.concurrency(name, new),
+            )
+            if self.adaptive
+            else None
+        )
+        self.circuit = CircuitBreaker(
+            name, options.circuit, clock=self._clock, on_change=self._circuit_changed
+        )
+        metrics.concurrency(name, self.limiter.limit)
+        metrics.breaker_state(name, CircuitState.CLOSED.value)
+        self.rate_limiter: RateLimiter | None = (
+            RateLimiter(options.rate_limit, clock=self._clock, sleep=self._sleep)
+            if options.rate_limit is not None
+            else None
+        )
+        self.pause = Pause(clock=self._clock, sleep=self._sleep)
+        self.retry = RetryPolicy(options.retry, sleep=sleep, clock=clock)
 
     @property
     def encoding(self) -> tuple[str, str, int | None]:
         return self.format, self.codec, self.level
 
+    def available(self) -> bool:
+        """False while the circuit is open (or half-open with its probe out): skip me."""
+        return self.circuit.available()
+
+    def stats(self) -> dict[str, Any]:
+        """What the policies did so far, for status pages and tests."""
+        return {
+            "circuit": self.circuit.state.value,
+            "circuit_transitions": dict(self.circuit.transitions),
+            "concurrency": self.limiter.limit,
+            "in_flight": self.limiter.in_use,
+            "concurrency_changes": dict(self.aimd.changes) if self.aimd else {},
+            "ratelimit_waits": self.rate_limiter.waits if self.rate_limiter else 0,
+            "ratelimit_waited_s": round(self.rate_limiter.waited_s, 3)
+            if self.rate_limiter
+            else 0.0,
+            "pauses": self.pause.pauses,
+        }
+
     async def send(self, chunk: EncodedChunk, /, **log_fields: Any) -> Delivered:
-        """Deliver with retries; raise the final ``DeliveryError`` (with ``.attempts``)."""
+        """Deliver with retries; raise the final ``DeliveryError`` (with ``.attempts``).
+
+        Raises ``CircuitOpenError`` (``attempts`` 0) at once when the circuit refuses, and
+        ends a retry loop early when the circuit opens under it.
+        """
+        return await self._send(chunk, True, log_fields)
+
+    async def send_ignoring_circuit(self, chunk: EncodedChunk, /, **log_fields: Any) -> Delivered:
+        """``send`` that the circuit never refuses nor cuts short: for the dead-letter store,
+        which has nothing to skip to and must be used again as soon as it is back. Its
+        outcome still counts for the circuit."""
+        return await self._send(chunk, False, log_fields)
+
+    async def _send(
+        self, chunk: EncodedChunk, circuit: bool, log_fields: dict[str, Any]
+    ) -> Delivered:
+        probe = self.circuit.acquire() if circuit else False
+        if probe:
+            log.info("circuit.probe", target=self.name, **log_fields)
+        clock = self._clock
+        budget_s = self.options.retry.budget_s
+        queued = 0.0  # seconds spent waiting for slots and tokens: not part of the budget
+        attempts = 0
+
+        def budget_clock() -> float:
+            return clock() - queued
+
+        started = budget_clock()
 
         async def attempt() -> Receipt:
-            async with self._slots:
-                return await self.destination.deliver(chunk)
+            nonlocal queued, attempts
+            if attempts and circuit and self.circuit.refuses_retry(probe):
+                raise _Abort(
+                    CircuitOpenError(
+                        f"circuit opened while retrying ({self.name})",
+                        retry_after=self.circuit.retry_after() or None,
+                    ),
+                    failed=False,
+                )
+            await self._wait_pause(budget_s - (budget_clock() - started), log_fields)
+            waiting = clock()
+            async with self.limiter.slot():
+                if self.rate_limiter is not None:
+                    waited = await self.rate_limiter.acquire(chunk.records)
+                    if waited > 0:
+                        metrics.rate_limit_wait(self.name, waited)
+                        log.debug(
+                            "ratelimit.wait",
+                            target=self.name,
+                            wait_s=round(waited, 3),
+                            rate=str(self.rate_limiter.rate),
+                            **log_fields,
+                        )
+                queued += clock() - waiting
+                # a receiver may have paused us while we queued
+                await self._wait_pause(budget_s - (budget_clock() - started), log_fields)
+                attempts += 1
+                sent = clock()
+                try:
+                    receipt = await metrics.timed_delivery(
+                        self.name, self.destination.deliver(chunk)
+                    )
+                except RetryableError as exc:
+                    self._pushed_back(exc, log_fields)
+                    if probe:  # a probe gets one attempt: the circuit decides, not retries
+                        raise _Abort(exc, failed=True) from None
+                    raise
+                except PermanentError:
+                    self._observe(clock() - sent, pushed_back=False)
+                    raise
+                self._observe(clock() - sent, pushed_back=False)
+                return receipt
 
         def on_retry(event: RetryEvent) -> None:
+            metrics.retry(self.name)
             log.info(
                 "chunk.retry",
                 target=self.name,
@@ -64,8 +239,66 @@ class Target:
                 **log_fields,
             )
 
-        result = await self.retry.call(attempt, on_retry=on_retry)
+        policy = RetryPolicy(self.options.retry, sleep=self._sleep, clock=budget_clock)
+        try:
+            result = await policy.call(attempt, on_retry=on_retry)
+        except _Abort as abort:
+            error = abort.error
+            error.attempts = attempts
+            if abort.failed:
+                self.circuit.record_failure(probe, error=str(error))
+            else:
+                self.circuit.release(probe)
+            raise error from None
+        except PermanentError:
+            self.circuit.record_success(probe)  # the endpoint answers; the payload was refused
+            raise
+        except DeliveryError as exc:
+            self.circuit.record_failure(probe, error=str(exc))
+            raise
+        except BaseException:
+            self.circuit.release(probe)
+            raise
+        self.circuit.record_success(probe)
         return Delivered(result.value, result.attempts)
+
+    def _circuit_changed(self, name: str, old: CircuitState, new: CircuitState) -> None:
+        metrics.breaker_state(name, new.value)
+
+    async def _wait_pause(self, budget_left_s: float, log_fields: dict[str, Any]) -> None:
+        remaining = self.pause.remaining()
+        if remaining <= 0 or is_testing():
+            return
+        if remaining >= budget_left_s:
+            raise _Abort(
+                RetryableError(
+                    f"{self.name} is paused for {remaining:.1f}s by its receiver "
+                    "(Retry-After), past the retry budget",
+                    retry_after=remaining,
+                ),
+                failed=True,
+            )
+        log.debug(
+            "ratelimit.paused_wait", target=self.name, wait_s=round(remaining, 3), **log_fields
+        )
+        await self.pause.wait()
+
+    def _pushed_back(self, error: RetryableError, log_fields: dict[str, Any]) -> None:
+        if error.retry_after and self.pause.extend(error.retry_after):
+            log.info(
+                "ratelimit.pause",
+                target=self.name,
+                pause_s=round(error.retry_after, 3),
+                error=str(error),
+                **log_fields,
+            )
+        # a failed request's round trip (a reset, a timeout, a quick 500) is no measure of
+        # the receiver's latency: only its push-back counts
+        self._observe(None, pushed_back=is_push_back(error))
+
+    def _observe(self, rtt_s: float | None, *, pushed_back: bool) -> None:
+        if self.aimd is not None:
+            self.aimd.observe(rtt_s, pushed_back=pushed_back)
 
     async def aclose(self) -> None:
         await self.destination.aclose()
