@@ -143,6 +143,23 @@ class LocalDestination:
         prefix = self.options.prefix.format(dataset=dataset, batch_id=batch_id, route=route)
         return self.root / prefix
 
+    async def check(self) -> None:
+        """Raise ``RetryableError`` unless chunks can be written here now (``/readyz``)."""
+
+        def probe() -> str | None:
+            folder = self.root
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent  # the first existing ancestor must let us create it
+            if not folder.is_dir():
+                return f"{folder} is not a folder"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"{folder} is not writable"
+            return None
+
+        problem = await asyncio.to_thread(probe)
+        if problem:
+            raise RetryableError(problem)
+
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
         try:
             path = await asyncio.to_thread(self._write, chunk)

@@ -9,6 +9,7 @@ from typing import Any
 from .config import AppConfig
 from .engine import Engine
 from .hooks import Hooks
+from .metrics import MeteredLedger
 from .ports import Ledger, Source
 from .registry import adapter_class
 from .targets import Target
@@ -41,7 +42,8 @@ class App:
         self.hooks = hooks or Hooks()
         self._stack = contextlib.AsyncExitStack()
         self._sources: dict[str, Source] = {}
-        self.ledger: Ledger = open_ledger(config.daemon.ledger)
+        # counts LedgerErrors per operation in sender_ledger_errors_total
+        self.ledger: Ledger = MeteredLedger(open_ledger(config.daemon.ledger))
         self.targets: dict[str, Target] = {}  # filled on enter
         self.engine = Engine(config, self.ledger, self.targets, self.source_for, hooks=self.hooks)
 

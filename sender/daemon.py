@@ -31,19 +31,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics
 from .app import App
 from .config import AppConfig
 from .control import ControlServer
 from .engine import BatchBusy
 from .errors import ConfigError, LedgerError, MessageError, SenderError, TriggerError
-from .hooks import Hooks
+from .hooks import Hooks, MultiHooks
 from .log import get_logger
+from .metrics import MetricsHooks
 from .model import BatchState, TriggerMessage, parse_trigger_message
 from .ports import Envelope, Ledger, Trigger
+from .systemd import SystemdNotifier
 
 __all__ = ["Daemon", "Settlement", "open_daemon", "open_trigger", "serve"]
 
 log = get_logger("sender.daemon")
+
+_SETTLED = {"ack": "acked", "reject": "rejected", "release": "released"}
 
 _RETRY_DELAY_S = (1.0, 5.0, 15.0, 60.0)  # before giving back a batch that could not finish
 _REOPEN_DELAY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # before opening a failed message stream again
@@ -125,6 +130,24 @@ class Daemon:
             problems.append(f"trigger: {self.trigger_problem}")
         if self.problem:
             problems.append(self.problem)
+        problems.extend(await self._dead_letter_problems())
+        return problems
+
+    async def _dead_letter_problems(self) -> list[str]:
+        """Dead-letter stores that say they cannot take a chunk now (``check()``)."""
+        names = {
+            route.dead_letter or self.config.dead_letter_default
+            for route in self.config.routes.values()
+        }
+        problems = []
+        for name in sorted(names):
+            check = getattr(self.app.targets[name].destination, "check", None)
+            if check is None:
+                continue
+            try:
+                await check()
+            except SenderError as exc:
+                problems.append(f"dead-letter store {name}: {exc}")
         return problems
 
     async def wait_settled(self, count: int = 1) -> list[Settlement]:
@@ -301,6 +324,7 @@ class Daemon:
     async def _handle(self, envelope: Envelope) -> None:
         """One message, holding the slot it was taken with: a batch keeps it until it ends;
         an invalid message or a duplicate gives it back at once."""
+        metrics.trigger_message("received")
         try:
             try:
                 message = parse_trigger_message(envelope.body)
@@ -319,6 +343,7 @@ class Daemon:
                 # checked and registered with no await in between: two copies taken at once
                 # cannot both start the batch
                 running.envelopes.append(envelope)
+                metrics.trigger_message("duplicate")
                 log.info(
                     "trigger.duplicate_in_flight",
                     batch_id=message.batch_id,
@@ -419,6 +444,8 @@ class Daemon:
             log.warning(
                 "trigger.settle_failed", message_id=envelope.message_id, verb=verb, error=str(exc)
             )
+        if ok:
+            metrics.trigger_message(_SETTLED[verb])
         async with self._settled_changed:
             self.settled.append(Settlement(envelope.message_id, batch_id, verb, ok))
             self.settled_total += 1
@@ -443,6 +470,8 @@ async def open_daemon(
 ) -> AsyncIterator[Daemon]:
     """The app, trigger, control server and daemon of ``config``, closed in reverse order on
     exit. ``daemon.control.port`` is the control server's port (useful with ``:0``)."""
+    # every daemon exports its metrics (/metrics) from the engine's hooks
+    hooks = MultiHooks([MetricsHooks(), hooks]) if hooks is not None else MetricsHooks()
     async with contextlib.AsyncExitStack() as stack:
         app = await stack.enter_async_context(App(config, hooks=hooks))
         trigger = open_trigger(config, app.ledger)
@@ -468,7 +497,24 @@ async def open_daemon(
 
 
 async def serve(config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None) -> int:
-    """``sender run``: open everything from the config, serve until stopped, close in reverse."""
+    """``sender run``: open everything from the config, serve until stopped, close in reverse.
+
+    Under systemd (``NOTIFY_SOCKET``) the daemon reports
+    READY=1 once ready, pings the watchdog, and says STOPPING=1 when it drains."""
+    notifier = SystemdNotifier()
     async with open_daemon(config, burst=burst, hooks=hooks) as daemon:
-        return await daemon.run()
+        supervisor = asyncio.create_task(
+            notifier.supervise(
+                daemon.readiness,
+                daemon.stopping,
+                status=lambda: f"{len(daemon.active)} batches in flight",
+            )
+        )
+        try:
+            return await daemon.run()
+        finally:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+            notifier.close()
     raise AssertionError("unreachable")
