@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -77,9 +78,21 @@ class BadRecordPolicyFailed(SourceError):
     """``on_bad_record = "fail"`` met a bad record."""
 
 
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+# host:pid alone is not unique: containers sharing a hostname all run as pid 1. The pid
+# namespace says whether a pid can be checked from here; the nonce tells processes apart.
+_OWNER_TAG = f"{_pid_namespace()}.{secrets.token_hex(3)}"
+
+
 def default_owner() -> str:
-    """Who holds a lease: host and process, readable in ``sender status``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lease, readable in ``sender status``: ``host:pid:pidns.nonce``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_OWNER_TAG}"
 
 
 @dataclass(slots=True)
@@ -460,6 +473,14 @@ class Engine:
         in_flight: asyncio.Semaphore,
     ) -> None:
         read_error: SourceError | None = None
+        halted: list[DeadLetterUnavailable] = []
+
+        async def deliver(run: _RouteRun, raw: RawChunk, kind: str) -> None:
+            try:
+                await self._deliver(message, run, raw, kind, in_flight)
+            except DeadLetterUnavailable as exc:
+                halted.append(exc)  # take no new chunk; the others in flight still finish
+
         async with asyncio.TaskGroup() as group:
 
             async def submit(run: _RouteRun, raw: RawChunk, kind: str = "data") -> None:
@@ -469,15 +490,20 @@ class Engine:
                     self._count(run, done)
                     return
                 await in_flight.acquire()
-                group.create_task(self._deliver(message, run, raw, kind, in_flight))
+                if halted:
+                    in_flight.release()
+                    raise halted[0]
+                group.create_task(deliver(run, raw, kind))
 
             try:
                 await self._feed(message, source, objects, runs, stop, submit)
-            except SourceError as exc:
+            except (SourceError, DeadLetterUnavailable) as exc:
                 # chunks already in flight still finish, so their outcome is in the ledger
-                read_error = exc
+                read_error = exc if isinstance(exc, SourceError) else None
         if read_error is not None:
             raise read_error
+        if halted:
+            raise halted[0]
 
     async def _feed(
         self,
@@ -647,6 +673,7 @@ class Engine:
             chunk_record.records,
             chunk_record.raw_size,
             wire_size,
+            kind=chunk_record.kind,
         )
 
     async def _deliver_chunk(
@@ -886,9 +913,15 @@ def _next_name(targets: Sequence[Target], position: int, dead_letter: Target) ->
 
 
 def _is_dead_local_owner(owner: str) -> bool:
-    """``owner`` is ``default_owner()`` of a process of this host that no longer exists."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    """``owner`` is ``default_owner()`` of a process that no longer exists, on this host and
+    in this pid namespace (a pid from another container's namespace means nothing here)."""
+    parts = owner.split(":")
+    if len(parts) != 3:
+        return False
+    host, pid, tag = parts
+    if host != socket.gethostname() or tag.split(".")[0] != _OWNER_TAG.split(".")[0]:
+        return False
+    if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

@@ -29,7 +29,9 @@ class Hooks:
         records: int,
         raw_size: int,
         wire_size: int,
-    ) -> None: ...
+        kind: str = "data",
+    ) -> None:
+        """A chunk reached ``state``; ``kind`` is "rejects" for a file of bad input records."""
 
     def fallback(self, route: str, from_target: str, error: str) -> None: ...
 
@@ -42,10 +44,10 @@ class MultiHooks(Hooks):
     def __init__(self, hooks: Sequence[Hooks] = ()) -> None:
         self.hooks = list(hooks)
 
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
         for hook in self.hooks:
             try:
-                getattr(hook, name)(*args)
+                getattr(hook, name)(*args, **kwargs)
             except Exception:
                 log.warning("hook.failed", hook=type(hook).__name__, method=name, exc_info=True)
 
@@ -55,8 +57,8 @@ class MultiHooks(Hooks):
     def records_read(self, *args: Any) -> None:  # type: ignore[override]
         self._call("records_read", *args)
 
-    def chunk_done(self, *args: Any) -> None:  # type: ignore[override]
-        self._call("chunk_done", *args)
+    def chunk_done(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self._call("chunk_done", *args, **kwargs)
 
     def fallback(self, *args: Any) -> None:  # type: ignore[override]
         self._call("fallback", *args)

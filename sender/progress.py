@@ -62,6 +62,7 @@ class SendProgress(Hooks):
         records: int,
         raw_size: int,
         wire_size: int,
+        kind: str = "data",
     ) -> None:
         self._states[state] = self._states.get(state, 0) + 1
         detail = " ".join(f"{k.replace('_', '-')} {v}" for k, v in sorted(self._states.items()))

@@ -206,7 +206,7 @@ class _StopAfter(Hooks):
         self.left = chunks
         self.stop = stop
 
-    def chunk_done(self, *args: object) -> None:
+    def chunk_done(self, *args: object, **kwargs: object) -> None:
         self.left -= 1
         if self.left <= 0:
             self.stop.set()

@@ -56,7 +56,8 @@ async def test_rate_limit_and_retry_after_hold_for_every_chunk(
         assert j - i + 1 <= RATE + RATE * (arrivals[j] - arrivals[i]) + 3, (i, j)
     # the 429's Retry-After held back every chunk, not only the one that was told
     told = next(r.received_at for r in chaos_receiver.requests if r.status_returned == 429)
-    during = [t for t in arrivals if told + 0.05 < t < told + PAUSE_S - 0.02]
+    # (requests already on the wire when the 429 came back may land just after it)
+    during = [t for t in arrivals if told + 0.12 < t < told + PAUSE_S - 0.02]
     assert during == []
     # queueing for tokens cost no attempts: one retry in all, for the 429
     assert sum(c.attempts for c in chunks) == 101
