@@ -66,7 +66,7 @@ def _resolve_path(value: Any, info: ValidationInfo) -> Any:
         return value
     base = (info.context or {}).get("base_dir")
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() or base is None else Path(base) / path)
+    return os.path.normpath(path if path.is_absolute() or base is None else Path(base) / path)
 
 
 LocalPath = Annotated[str, BeforeValidator(_resolve_path)]
