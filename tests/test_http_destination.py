@@ -27,8 +27,8 @@ from sender import __version__
 from sender.errors import PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt, idempotency_key
 from sender.ports import Destination
-from sender.registry import adapter_class
 from sender.receiver import Receiver
+from sender.registry import adapter_class
 
 RECORDS = [
     {"id": "c-1", "score": "0.91", "model": "churn-v3"},
