@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import os
 import secrets
 import socket
@@ -148,6 +150,7 @@ def encode_chunk(
         raw_size=raw.raw_size,
         idempotency_key=idempotency_key(batch_id, route, raw.chunk_id),
         kind=kind,
+        digest=hashlib.sha256(payload).hexdigest(),  # here, off the event loop
     )
 
 
@@ -247,7 +250,7 @@ class Engine:
         reader = read_records(source, list(objects), message.format)
         try:
             async for block in reader:
-                for raw, kind in self._route_block(run, block):
+                for raw, kind in await self._route_block(run, block):
                     if kind != "data":
                         continue
                     for piece in cut(raw):
@@ -518,10 +521,9 @@ class Engine:
         async for block in read_records(source, objects, message.format):
             if stop.is_set():
                 return
-            size = sum(map(len, block.lines))
-            self.hooks.records_read(message.batch_id, len(block.lines) + len(block.bad), size)
+            self.hooks.records_read(message.batch_id, block.records, block.size)
             for run in runs:
-                for raw, kind in self._route_block(run, block):
+                for raw, kind in await self._route_block(run, block):
                     await submit(run, raw, kind)
         for run in runs:
             assert run.chunker is not None
@@ -555,7 +557,7 @@ class Engine:
                     complete=len(held) == len(data),
                 )
                 try:
-                    await target.retry.call(lambda finish=finish, s=summary: finish(s))
+                    await target.retry.call(functools.partial(finish, summary))
                 except DeliveryError as exc:
                     raise FinishFailed(
                         f"route {run.name}: finishing the batch on {target.name} failed: {exc}"
@@ -580,11 +582,13 @@ class Engine:
         # enough chunks to keep every primary busy, few enough to bound memory
         return max(2, sum(2 * run.targets[0].concurrency for run in runs))
 
-    def _route_block(self, run: _RouteRun, block: RecordBlock) -> list[tuple[RawChunk, str]]:
+    async def _route_block(self, run: _RouteRun, block: RecordBlock) -> list[tuple[RawChunk, str]]:
         run.stats.read += len(block.lines) + len(block.bad)
         lines, bad = block.lines, list(block.bad)
         if run.projection is not None:
-            lines, more = run.projection.apply(lines)
+            # parsing every record takes ~10 ms per MiB: off the loop, so probes and lease
+            # renewals stay on time
+            lines, more = await asyncio.to_thread(run.projection.apply, lines)
             bad.extend(more)
         if bad:
             self._bad_records(run, bad)

@@ -159,9 +159,14 @@ class EncodedChunk:
     kind: str = "data"
     context: Mapping[str, Any] = field(default_factory=dict)
 
+    digest: str = ""  # sha256 of the payload, filled in by the encoder's worker thread
+
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.payload).hexdigest()
+        """sha256 of the payload (hex), computed once."""
+        if not self.digest:
+            self.digest = hashlib.sha256(self.payload).hexdigest()
+        return self.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ encodings are cached so a fallback with the same format and codec reuses the byt
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -130,6 +131,7 @@ class Target:
         )
         self.pause = Pause(clock=self._clock, sleep=self._sleep)
         self.retry = RetryPolicy(options.retry, sleep=sleep, clock=clock)
+        self._rng = random.Random()  # one per target: seeding one per send costs a urandom
 
     @property
     def encoding(self) -> tuple[str, str, int | None]:
@@ -239,7 +241,9 @@ class Target:
                 **log_fields,
             )
 
-        policy = RetryPolicy(self.options.retry, sleep=self._sleep, clock=budget_clock)
+        policy = RetryPolicy(
+            self.options.retry, sleep=self._sleep, clock=budget_clock, rng=self._rng
+        )
         try:
             result = await policy.call(attempt, on_retry=on_retry)
         except _Abort as abort:

@@ -20,7 +20,7 @@ from sender.app import App
 from sender.circuit import CircuitBreaker, CircuitOpenError, CircuitState
 from sender.concurrency import AIMDController, Limiter
 from sender.config import AppConfig, CircuitConfig, DestinationOptions
-from sender.engine import BatchBusy
+from sender.engine import _OWNER_TAG, BatchBusy
 from sender.errors import PermanentError, RetryableError
 from sender.model import EncodedChunk, TriggerMessage
 from sender.ratelimit import Pause, RateLimiter, TokenBucket
@@ -572,7 +572,8 @@ async def test_a_lease_held_by_a_killed_daemon_of_this_host_is_taken_over(
     pid = os.getppid() if holder_alive else await _dead_pid()
     async with App(config) as app:
         await app.ledger.start_batch(message)  # the killed daemon had started it...
-        assert await app.ledger.acquire_lease("b-1", f"{socket.gethostname()}:{pid}", 600)
+        owner = f"{socket.gethostname()}:{pid}:{_OWNER_TAG}"  # as default_owner() writes it
+        assert await app.ledger.acquire_lease("b-1", owner, 600)
         if holder_alive:  # ...a live one is left alone
             with pytest.raises(BatchBusy):
                 await app.engine.run_batch(message)
