@@ -19,10 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check sender adapters tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check sender adapters tests bench
+	$(BIN)/mypy
 	$(BIN)/ruff format --check sender adapters tests bench
 
 bench: $(STAMP)

@@ -11,11 +11,12 @@ one (``[trigger] token`` of the ``http`` trigger) as well as the daemon's, and a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -106,7 +107,9 @@ class ControlServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        # aiohttp types _server as AbstractServer; a TCPSite holds the asyncio.Server that
+        # loop.create_server returned, which has the bound sockets (port 0 = a free one)
+        sockets = cast(asyncio.Server, site._server).sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("control.listening", host=host, port=self.port)
         return self.port

@@ -16,10 +16,10 @@ import ctypes
 import io
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from .model import BadRecord, ObjectInfo
 from .pipeline import Lines, framed, lines_size
 from .ports import Source
 from .streams import SeekableObject, StreamReader
+
+if TYPE_CHECKING:
+    import gzip  # imported when a file needs it: most batches are not gzipped
 
 __all__ = [
     "BatchObjects",
@@ -270,6 +273,12 @@ async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBl
 # -- CSV and Parquet, converted in a worker thread ------------------------------------------
 
 
+# the shape of _csv_blocks: a generator, so that an abandoned read closes it in the worker thread
+_BlockFactory = Callable[
+    [Source, ObjectInfo, asyncio.AbstractEventLoop], Generator[RecordBlock, None, None]
+]
+
+
 async def _read_in_thread(
     source: Source, obj: ObjectInfo, blocks: _BlockFactory
 ) -> AsyncIterator[RecordBlock]:
@@ -285,15 +294,9 @@ async def _read_in_thread(
         await asyncio.to_thread(iterator.close)
 
 
-class _BlockFactory:  # the shape of _csv_blocks, for type checkers
-    def __call__(
-        self, source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-    ) -> Iterator[RecordBlock]: ...
-
-
 def _open_stream(
     source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-) -> io.BufferedIOBase:
+) -> io.BufferedReader[StreamReader] | gzip.GzipFile:
     raw = io.BufferedReader(StreamReader(source, obj, loop), buffer_size=1024 * 1024)
     try:
         magic = raw.peek(2)[:2]
@@ -303,13 +306,13 @@ def _open_stream(
     if magic == _GZIP_MAGIC:
         import gzip
 
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     return raw
 
 
 def _csv_blocks(
     source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-) -> Iterator[RecordBlock]:
+) -> Generator[RecordBlock, None, None]:
     import gzip
 
     stream = _open_stream(source, obj, loop)
@@ -376,7 +379,7 @@ def _parquet_batches(
 
 def _malloc_trim() -> Callable[[int], object] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 

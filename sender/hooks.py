@@ -51,17 +51,17 @@ class MultiHooks(Hooks):
             except Exception:
                 log.warning("hook.failed", hook=type(hook).__name__, method=name, exc_info=True)
 
-    def batch_started(self, *args: Any) -> None:  # type: ignore[override]
+    def batch_started(self, *args: Any) -> None:
         self._call("batch_started", *args)
 
-    def records_read(self, *args: Any) -> None:  # type: ignore[override]
+    def records_read(self, *args: Any) -> None:
         self._call("records_read", *args)
 
-    def chunk_done(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def chunk_done(self, *args: Any, **kwargs: Any) -> None:
         self._call("chunk_done", *args, **kwargs)
 
-    def fallback(self, *args: Any) -> None:  # type: ignore[override]
+    def fallback(self, *args: Any) -> None:
         self._call("fallback", *args)
 
-    def batch_finished(self, *args: Any) -> None:  # type: ignore[override]
+    def batch_finished(self, *args: Any) -> None:
         self._call("batch_finished", *args)

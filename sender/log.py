@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 __all__ = ["configure_logging", "get_logger", "mask", "register_secret"]
 
@@ -43,7 +44,7 @@ def _mask_values(value: Any) -> Any:
     return value
 
 
-def _mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _mask_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     if not _secrets:
         return event_dict
     return {key: _mask_values(value) for key, value in event_dict.items()}

@@ -127,6 +127,16 @@ class Receiver:
     at any time, also while requests are in flight.
     """
 
+    # the fault state, (re)set by recover(); declared here because the fault methods above
+    # recover() assign it first
+    _next_failures: list[_Failure]
+    _always: _Failure | None
+    _ratio: tuple[float, random.Random, tuple[int, ...]] | None
+    _delay: float
+    _resets: int
+    _reject: Callable[[Record], bool] | None
+    _where: list[tuple[Callable[[web.Request], bool], _Failure]]
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
@@ -285,13 +295,13 @@ class Receiver:
 
     def recover(self) -> None:
         """Clear every fault: answer 200 at once from now on."""
-        self._next_failures: list[_Failure] = []
-        self._always: _Failure | None = None
-        self._ratio: tuple[float, random.Random, tuple[int, ...]] | None = None
+        self._next_failures = []
+        self._always = None
+        self._ratio = None
         self._delay = 0.0
         self._resets = 0
-        self._reject: Callable[[Record], bool] | None = None
-        self._where: list[tuple[Callable[[web.Request], bool], _Failure]] = []
+        self._reject = None
+        self._where = []
 
     # the handler -----------------------------------------------------------------------
 
