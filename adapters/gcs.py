@@ -37,11 +37,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adapters._drop import ReadAhead
-from sender.config import DestinationOptions, Duration, SourceOptions
-from sender.drop import BucketDrop, DropLayout, check_prefix
+from sender.config import Duration, SourceOptions
+from sender.drop import BucketDrop, DropLayout, DropOptions
 from sender.errors import PermanentError, RetryableError, SourceError
 from sender.model import ObjectInfo
 
@@ -405,7 +405,7 @@ class GcsDestination(BucketDrop):
     the target's retry policy (attempts, budget, circuit) decides.
     """
 
-    class Options(DestinationOptions):
+    class Options(DropOptions):
         """``[destinations.<name>]`` with ``type = "gcs"``.
 
         ``prefix`` takes ``{dataset}``, ``{batch_id}``, ``{route}`` and ``{chunk}``; it must
@@ -414,16 +414,9 @@ class GcsDestination(BucketDrop):
 
         type: Literal["gcs"] = "gcs"
         bucket: str = Field(min_length=3, max_length=222)
-        prefix: str = "{dataset}/{batch_id}/{route}/"
-        manifest: bool = True
         project: str | None = None
         endpoint: str | None = None
         anonymous: bool | None = None
-
-        @field_validator("prefix")
-        @classmethod
-        def _valid_prefix(cls, value: str) -> str:
-            return check_prefix(value)
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -433,8 +426,7 @@ class GcsDestination(BucketDrop):
         self.codec = options.compression
         self.manifest = options.manifest
         self.bucket_uri = f"gs://{options.bucket}"
-        concurrency = options.concurrency
-        limit = options.max_concurrency if concurrency == "adaptive" else int(concurrency)
+        limit = options.max_in_flight
         self._client = _Client(
             project=options.project,
             endpoint=options.endpoint,

@@ -272,8 +272,7 @@ class HttpDestination:
     def __init__(self, name: str, options: HttpDestination.Options) -> None:
         self.name = name
         self.options = options
-        concurrency = options.concurrency
-        self.limit = options.max_concurrency if concurrency == "adaptive" else int(concurrency)
+        self.limit = options.max_in_flight
         self._session: aiohttp.ClientSession | None = None
         # waiting for a slot happens here, outside the request timeout (aiohttp's total
         # timeout would otherwise count the wait for a pooled connection)

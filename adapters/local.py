@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import orjson
-
 from sender.config import DestinationOptions, LocalPath, SourceOptions
-from sender.drop import chunk_object_name
+from sender.drop import chunk_meta, chunk_object_name
 from sender.errors import RetryableError, SourceError
 from sender.model import EncodedChunk, ObjectInfo, Receipt
 
@@ -171,24 +168,8 @@ class LocalDestination:
         folder = self.folder(chunk.batch_id, chunk.dataset, chunk.route)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / chunk_object_name(chunk)
-        meta = {
-            "batch_id": chunk.batch_id,
-            "dataset": chunk.dataset,
-            "route": chunk.route,
-            "chunk": chunk.chunk_id,
-            "kind": chunk.kind,
-            "records": chunk.records,
-            "format": chunk.format,
-            "codec": chunk.codec,
-            "idempotency_key": chunk.idempotency_key,
-            "sha256": chunk.checksum,
-            "written_at": datetime.now(UTC).isoformat(),
-            **chunk.context,
-        }
         _atomic_write(path, chunk.payload)
-        _atomic_write(
-            path.with_name(path.name + ".meta.json"), orjson.dumps(meta, option=orjson.OPT_INDENT_2)
-        )
+        _atomic_write(path.with_name(path.name + ".meta.json"), chunk_meta(chunk))
         return path
 
     async def aclose(self) -> None:

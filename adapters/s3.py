@@ -35,11 +35,11 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ProfileNotFound,
 )
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adapters._drop import ReadAhead
-from sender.config import DestinationOptions, Duration, SourceOptions
-from sender.drop import BucketDrop, DropLayout, check_prefix
+from sender.config import Duration, SourceOptions
+from sender.drop import BucketDrop, DropLayout, DropOptions
 from sender.errors import PermanentError, RetryableError, SourceError
 from sender.model import ObjectInfo
 
@@ -338,7 +338,7 @@ class S3Destination(BucketDrop):
     target's retry policy (attempts, budget, circuit) decides.
     """
 
-    class Options(DestinationOptions):
+    class Options(DropOptions):
         """``[destinations.<name>]`` with ``type = "s3"``.
 
         ``prefix`` takes ``{dataset}``, ``{batch_id}``, ``{route}`` and ``{chunk}``; it must
@@ -348,8 +348,6 @@ class S3Destination(BucketDrop):
 
         type: Literal["s3"] = "s3"
         bucket: str = Field(min_length=3, max_length=63)
-        prefix: str = "{dataset}/{batch_id}/{route}/"
-        manifest: bool = True
         endpoint_url: str | None = None
         region: str | None = None
         profile: str | None = None
@@ -357,11 +355,6 @@ class S3Destination(BucketDrop):
         acl: str | None = None
         server_side_encryption: Literal["AES256", "aws:kms", "aws:kms:dsse"] | None = None
         kms_key_id: str | None = None
-
-        @field_validator("prefix")
-        @classmethod
-        def _valid_prefix(cls, value: str) -> str:
-            return check_prefix(value)
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -371,8 +364,7 @@ class S3Destination(BucketDrop):
         self.codec = options.compression
         self.manifest = options.manifest
         self.bucket_uri = f"s3://{options.bucket}"
-        concurrency = options.concurrency
-        limit = options.max_concurrency if concurrency == "adaptive" else int(concurrency)
+        limit = options.max_in_flight
         self._client = _Client(
             endpoint_url=options.endpoint_url,
             region=options.region,

@@ -160,6 +160,12 @@ class DestinationOptions(Options):
             raise ValueError("must be >= 1 or 'adaptive'")
         return value
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this destination may have at once: ``concurrency``, or the
+        ceiling ``max_concurrency`` when adaptive (what connection pools are sized to)."""
+        return self.max_concurrency if self.concurrency == "adaptive" else int(self.concurrency)
+
 
 class SourceOptions(Options):
     """Keys every source has; an adapter's ``Options`` subclasses this one."""

@@ -26,8 +26,10 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from pydantic import Field, field_validator
 
 from . import __version__
+from .config import DestinationOptions
 from .errors import PermanentError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
@@ -41,8 +43,10 @@ __all__ = [
     "SUCCESS_NAME",
     "BucketDrop",
     "DropLayout",
+    "DropOptions",
     "build_manifest",
     "check_prefix",
+    "chunk_meta",
     "chunk_metadata",
     "chunk_object_name",
     "object_name",
@@ -152,10 +156,14 @@ def chunk_metadata(chunk: EncodedChunk) -> dict[str, str]:
 
 def sidecar(chunk: EncodedChunk, *, now: datetime | None = None) -> bytes | None:
     """The ``.meta.json`` written next to a chunk that carries a ``context`` (why it is in a
-    dead-letter store: error, attempts, targets tried), like the local store writes; None
-    for an ordinary delivery."""
+    dead-letter store: error, attempts, targets tried); None for an ordinary delivery."""
     if not chunk.context:
         return None
+    return chunk_meta(chunk, now=now)
+
+
+def chunk_meta(chunk: EncodedChunk, *, now: datetime | None = None) -> bytes:
+    """A chunk's ``.meta.json``: what it is, its key and checksum, and its ``context``."""
     meta: dict[str, Any] = {
         "batch_id": chunk.batch_id,
         "dataset": chunk.dataset,
@@ -196,6 +204,24 @@ def build_manifest(
         "writer": f"integration-sender/{__version__}",
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+
+
+class DropOptions(DestinationOptions):
+    """Keys every bucket drop has (S3, GCS): the bucket, the object name template, and
+    whether a ``_MANIFEST.json`` and ``_SUCCESS`` close each route's batch.
+
+    ``prefix`` takes ``{dataset}``, ``{batch_id}``, ``{route}`` and ``{chunk}``; it must
+    contain ``{batch_id}``, and needs ``{route}`` when several routes share the drop.
+    """
+
+    bucket: str = Field(min_length=3)
+    prefix: str = "{dataset}/{batch_id}/{route}/"
+    manifest: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        return check_prefix(value)
 
 
 class BucketDrop(ABC):

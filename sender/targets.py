@@ -103,9 +103,8 @@ class Target:
         self.level: int | None = options.compression_level
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
-        limit = options.concurrency
-        self.adaptive = limit == "adaptive"
-        self.concurrency = options.max_concurrency if self.adaptive else int(limit)
+        self.adaptive = options.concurrency == "adaptive"
+        self.concurrency = options.max_in_flight
         # adaptive starts at one request and earns more, as ARC does
         self.limiter = Limiter(1 if self.adaptive else self.concurrency)
         self.aimd: AIMDController | None = (
