@@ -29,7 +29,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 # made again for every command (``_consoles``), so that the width follows $COLUMNS and the
 # streams are those of the moment (tests capture them)
 out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class UsageError(SenderError):
@@ -41,7 +41,8 @@ class UsageError(SenderError):
 def _consoles() -> None:
     global out, err
     out = Console(highlight=False, soft_wrap=False)
-    err = Console(stderr=True, highlight=False)
+    # errors and notices stay one line, whatever the width: scripts grep them
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _print_json(data: Any) -> None:
@@ -119,7 +120,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
         note = " (already complete: nothing sent)" if outcome.already_complete else ""
         out.print(f"batch {outcome.batch_id}: {outcome.state.value}{note}")
         if outcome.error:
-            out.print(f"error: {mask(outcome.error)}", style="red")
+            out.print(f"error: {mask(outcome.error)}", style="red", soft_wrap=True)
         out.print(outcome_table(outcome.routes))
         out.print(reconciliation_line(outcome.totals))
     return EXIT_OK if outcome.ok else EXIT_INCOMPLETE
