@@ -1,0 +1,294 @@
+"""The sqs destination (aiobotocore): one SQS message per chunk, on another team's queue.
+
+SQS message bodies are text, so a compressed payload travels base64-encoded; the message
+attributes say how to get the records back::
+
+    content-type        application/x-ndjson | application/json | text/csv; charset=utf-8
+    content-encoding    gzip | zstd (absent for "none")
+    transfer-encoding   base64 (absent when the body is the payload itself)
+    idempotency-key     stable per (batch, route, chunk): a resend carries the same key
+    batch, dataset, route, chunk, records
+
+A FIFO queue (``queue_url`` ending in ``.fifo``) gets the idempotency key as
+``MessageDeduplicationId`` (SQS drops a resend within its 5-minute window) and the batch as
+``MessageGroupId`` (a batch's chunks stay in order).
+
+SQS caps a message (body and attributes) at ``max_message_size``: 256 KiB by default, what
+a queue had before 2025 (a queue's ``MaximumMessageSize`` may now be up to 1 MiB: raise the
+option to match). A larger chunk is refused with ``PermanentError`` before any request; the
+engine then halves the chunk until the pieces fit, so delivery degrades to smaller messages
+rather than failing. Lower the route's ``chunk.bytes`` to avoid the detour.
+
+Errors: throttling, 5xx and connection trouble are ``RetryableError``; a missing queue,
+denied access, refused credentials and other 4xx answers are ``PermanentError``.
+Credentials come from botocore's usual chain (environment, profile, web identity, instance or
+task role). Config::
+
+    [destinations.scores_queue]
+    type = "sqs"
+    queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/crm-scores"
+    compression = "gzip"
+    chunk = ...  # (on the route) keep chunk.bytes small: SQS messages are small
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from pydantic import Field
+
+from sender.config import DestinationOptions, Size
+from sender.errors import PermanentError, RetryableError
+from sender.model import EncodedChunk, Receipt
+from sender.pipeline import CONTENT_TYPES
+
+__all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "describe_sqs_error", "message_request"]
+
+SQS_MESSAGE_CAP = 256 * 1024  # the classic SendMessage cap (body + attributes)
+_SQS_MAX_CAP = 1024 * 1024  # what a queue's MaximumMessageSize can be raised to
+
+_REGION_IN_URL = re.compile(r"://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
+# the characters SQS accepts in a message body; anything else must travel as base64
+_SQS_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+# MessageGroupId: 1-128 characters of a-z, A-Z, 0-9 and ASCII punctuation
+_GROUP_ID = re.compile(r"^[!-~]{1,128}$")
+
+_MISSING_QUEUE = frozenset(
+    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
+)
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "KMS.AccessDeniedException"})
+_REFUSED_CREDENTIALS = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "MissingAuthenticationToken",
+    }
+)
+_RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "RequestThrottled",
+        "KmsThrottled",
+        "KMS.ThrottlingException",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "TooManyRequestsException",
+    }
+)
+
+
+@functools.cache
+def _session() -> Any:
+    """One botocore session per process: each new one loads the service models again."""
+    from aiobotocore.session import get_session
+
+    return get_session()
+
+
+def describe_sqs_error(exc: BaseException, queue_url: str) -> tuple[str, bool]:
+    """A readable reason for an SDK or transport error sending to ``queue_url``, and whether
+    a later attempt may succeed."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _MISSING_QUEUE:
+            return f"{queue_url}: no such queue (check queue_url and the region)", False
+        if code in _DENIED or (status == 403 and code not in _REFUSED_CREDENTIALS):
+            return (
+                f"{queue_url}: access denied ({code}: {message}); the sender's role needs "
+                "sqs:SendMessage on the queue (and kms:GenerateDataKey for an encrypted one)",
+                False,
+            )
+        if code in _REFUSED_CREDENTIALS:
+            return f"{queue_url}: the AWS credentials were refused ({code}: {message})", False
+        retryable = code in _RETRYABLE_CODES or status >= 500 or status in (408, 429)
+        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
+        return f"{queue_url}: SQS error {detail}", retryable
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return f"no usable AWS credentials found ({exc})", False
+    if isinstance(exc, CredentialRetrievalError):
+        return f"could not get AWS credentials: {exc}", True
+    if isinstance(exc, ConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
+        return f"{queue_url}: connection error: {exc}", True
+    if isinstance(exc, TimeoutError):
+        return f"{queue_url}: timed out", True
+    return f"{queue_url}: {type(exc).__name__}: {exc}", False
+
+
+@contextlib.contextmanager
+def _delivery_errors(queue_url: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        reason, retryable = describe_sqs_error(exc, queue_url)
+        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+
+
+def _attribute(value: str | int) -> dict[str, str]:
+    if isinstance(value, int):
+        return {"DataType": "Number", "StringValue": str(value)}
+    return {"DataType": "String", "StringValue": value}
+
+
+def _attributes_size(attributes: dict[str, dict[str, str]]) -> int:
+    # SQS counts each attribute's name, data type and value against the message cap
+    return sum(
+        len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
+        for name, a in attributes.items()
+    )
+
+
+def _group_id(batch_id: str) -> str:
+    if _GROUP_ID.match(batch_id):
+        return batch_id
+    # a batch id with spaces or non-ASCII: a stable stand-in SQS accepts
+    return "batch-" + hashlib.sha256(batch_id.encode()).hexdigest()[:48]
+
+
+def message_request(chunk: EncodedChunk, queue_url: str) -> tuple[dict[str, Any], int]:
+    """The ``SendMessage`` parameters for ``chunk`` and its size on the wire (body plus
+    attributes, as SQS counts it)."""
+    body: str | None = None
+    if chunk.codec == "none":
+        try:
+            text = chunk.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and _SQS_TEXT.match(text):
+            body = text
+    attributes = {
+        "content-type": _attribute(CONTENT_TYPES.get(chunk.format, "application/octet-stream")),
+        "idempotency-key": _attribute(chunk.idempotency_key),
+        "batch": _attribute(chunk.batch_id),
+        "dataset": _attribute(chunk.dataset),
+        "route": _attribute(chunk.route),
+        "chunk": _attribute(chunk.chunk_id),
+        "records": _attribute(chunk.records),
+    }
+    if chunk.codec != "none":
+        attributes["content-encoding"] = _attribute(chunk.codec)
+    if body is None:
+        # compressed bytes, or text SQS would refuse (raw control characters in a CSV)
+        body = base64.b64encode(chunk.payload).decode("ascii")
+        attributes["transfer-encoding"] = _attribute("base64")
+    params: dict[str, Any] = {
+        "QueueUrl": queue_url,
+        "MessageBody": body,
+        "MessageAttributes": attributes,
+    }
+    if queue_url.endswith(".fifo"):
+        params["MessageDeduplicationId"] = chunk.idempotency_key
+        params["MessageGroupId"] = _group_id(chunk.batch_id)
+    return params, len(body.encode()) + _attributes_size(attributes)
+
+
+class SqsDestination:
+    """Sends each chunk as one message to an SQS queue (standard or FIFO)."""
+
+    formats = frozenset({"ndjson", "json", "csv"})
+    codecs = frozenset({"none", "gzip", "zstd"})
+
+    class Options(DestinationOptions):
+        type: Literal["sqs"] = "sqs"
+        queue_url: str = Field(min_length=1)
+        region: str | None = None  # default: from queue_url, then the AWS environment
+        endpoint_url: str | None = None  # an SQS-compatible endpoint (LocalStack, moto)
+        compression: Literal["none", "gzip", "zstd"] = "gzip"
+        max_message_size: Size = Field(SQS_MESSAGE_CAP, ge=1024, le=_SQS_MAX_CAP)
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._opening = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqsDestination({self.name!r}, {self.options.queue_url!r})"
+
+    async def __aenter__(self) -> SqsDestination:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _region(self) -> str | None:
+        if self.options.region:
+            return self.options.region
+        match = _REGION_IN_URL.search(self.options.queue_url)
+        return match.group(1) if match else None
+
+    async def _get_client(self) -> Any:
+        if self._closed:
+            raise RuntimeError(f"sqs destination {self.name} is closed")
+        async with self._opening:
+            if self._client is None:
+                config = AioConfig(
+                    connect_timeout=min(10.0, self.options.timeout_s),
+                    read_timeout=self.options.timeout_s,
+                    max_pool_connections=self.options.max_in_flight,
+                    # the target's retry policy retries (with its budget): not botocore too
+                    retries={"max_attempts": 1, "mode": "standard"},
+                )
+                with _delivery_errors(self.options.queue_url):
+                    self._client = await self._stack.enter_async_context(
+                        _session().create_client(
+                            "sqs",
+                            region_name=self._region(),
+                            endpoint_url=self.options.endpoint_url,
+                            config=config,
+                        )
+                    )
+            return self._client
+
+    async def deliver(self, chunk: EncodedChunk) -> Receipt:
+        """Send one message; ``PermanentError`` when the chunk is over the message cap."""
+        queue_url = self.options.queue_url
+        params, size = message_request(chunk, queue_url)
+        cap = self.options.max_message_size
+        if size > cap:
+            raise PermanentError(
+                f"chunk {chunk.chunk_id} is {size / 1024:.0f} KiB on the wire, SQS takes "
+                f"{cap // 1024} KiB: lower the route's chunk.bytes",
+                payload=True,  # halving the chunk makes it fit
+            )
+        client = await self._get_client()
+        with _delivery_errors(queue_url):
+            reply = await client.send_message(**params)
+        return Receipt(location=f"{queue_url}#{reply['MessageId']}")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._opening:
+            self._client = None
+            await self._stack.aclose()
