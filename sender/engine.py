@@ -735,7 +735,12 @@ class Engine:
                     record.attempts += exc.attempts or 1
                     errors.append(f"{target.name}: {exc}")
                     permanent = isinstance(exc, PermanentError)
-                    if permanent and run.config.split_on_reject and raw.records > 1:
+                    if (
+                        isinstance(exc, PermanentError)
+                        and exc.payload
+                        and run.config.split_on_reject
+                        and raw.records > 1
+                    ):
                         return await self._split(message, run, raw, record, position, errors[-1])
                     log.warning(
                         "chunk.target_failed",

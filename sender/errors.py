@@ -80,10 +80,24 @@ class RetryableError(DeliveryError):
         self.retry_after = retry_after
 
 
-class PermanentError(DeliveryError):
-    """The receiver refused the chunk for good (a 4xx other than 408/425/429)."""
+# answers that refuse the payload itself (bad or too large), not the request as a whole:
+# halving the chunk can isolate the records at fault
+_PAYLOAD_STATUSES = frozenset({400, 413, 422})
 
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
+
+class PermanentError(DeliveryError):
+    """The receiver refused the chunk for good (a 4xx other than 408/425/429).
+
+    ``payload`` says whether the refusal is about the chunk's content (400, 413, 422, a
+    message over a queue's size cap), so that splitting the chunk can isolate the records at
+    fault; a missing queue or bucket, 401/403/404 are about the destination, and splitting
+    would only multiply the failures. By default it follows ``status``.
+    """
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, payload: bool | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.payload = status in _PAYLOAD_STATUSES if payload is None else payload

@@ -402,3 +402,19 @@ async def test_a_source_changed_since_first_read_is_refused(
     assert "changed since" in (outcome.error or "")
     forced = await send(config, message(batch), force=True)
     assert forced.ok and forced.routes["churn"].read == 150
+
+
+async def test_a_refusal_of_the_destination_not_the_payload_is_not_split(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 3000)
+    config = write_config(config_text(receiver.url + "/scores"))
+    receiver.fail_always(404, body=b"no such endpoint")
+
+    outcome = await send(config, message(batch))
+
+    # one request per chunk, then the dead-letter store: halving a chunk cannot make a
+    # missing endpoint appear, it would only multiply the failures
+    assert len(receiver.requests) == 3
+    assert outcome.routes["churn"].dead_lettered == 3000
+    assert len(list((tmp_path / "dead").rglob("chunk-*.ndjson"))) == 3
