@@ -6,7 +6,9 @@
 - ``gcs_server`` (session): the fake-gcs-server binary (a real GCS JSON API emulator), started
   here rather than by its wrapper, whose unread stderr pipe makes it hang (PITFALLS.md).
 - ``S3Bucket`` / ``GcsBucket``: one test's bucket with the few verbs tests need (upload a
-  batch folder, read objects back, the TOML that points the sender at it).
+  batch folder, read objects back, the TOML that points the sender at it), the same on both
+  (``Bucket``) so one contract suite (test_bucket_storage.py) runs against either.
+- ``make_chunk`` / ``summary_of``: encoded chunks and the summary a drop is finished with.
 
 Setup and checks use the blocking SDKs (boto3, google-cloud-storage) on purpose: they are a
 different client than the one under test.
@@ -31,17 +33,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
 import pytest
 
+from sender.engine import encode_chunk
+from sender.model import ChunkState, EncodedChunk
+from sender.pipeline import RawChunk
+from sender.ports import BatchSummary, ChunkRecord
+from tests.batches import prediction
+
 __all__ = [
+    "Bucket",
     "GcsBucket",
     "GcsServer",
     "MotoServer",
     "S3Bucket",
     "bucket_name",
     "gcs_server",
+    "make_chunk",
     "moto_process",
     "moto_server",
+    "summary_of",
 ]
 
 _AWS_ENV = {
@@ -85,6 +97,44 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer within {seconds}s")
         time.sleep(0.05)  # a child process we cannot await
+
+
+class Bucket:
+    """What the S3 and GCS test buckets share: the verbs built on ``put`` and the TOML."""
+
+    scheme = ""
+    type = ""
+    endpoint_key = ""
+    name: str
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def uri(self, prefix: str = "") -> str:
+        return f"{self.scheme}://{self.name}/{prefix}"
+
+    def upload_folder(self, folder: Path, prefix: str) -> str:
+        """Upload every file under ``folder`` (markers and .crc files too); the batch URI."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.put(prefix + path.relative_to(folder).as_posix(), path.read_bytes())
+        return self.uri(prefix)
+
+    def source_toml(self) -> str:
+        return f'[sources.lake]\ntype = "{self.type}"\n{self.endpoint_key} = "{self.endpoint}"\n'
+
+    def destination_toml(self, name: str, **options: Any) -> str:
+        lines = [
+            f"[destinations.{name}]",
+            f'type = "{self.type}"',
+            f'bucket = "{self.name}"',
+            f'{self.endpoint_key} = "{self.endpoint}"',
+        ]
+        lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
+        return "\n".join(lines) + "\n"
 
 
 # -- S3 -------------------------------------------------------------------------------------
@@ -145,8 +195,11 @@ def moto_process() -> Iterator[MotoServer]:
             process.wait(10)
 
 
-class S3Bucket:
+class S3Bucket(Bucket):
     """One test's S3 bucket on a moto server."""
+
+    scheme = type = "s3"
+    endpoint_key = "endpoint_url"
 
     def __init__(self, server: MotoServer, name: str) -> None:
         self.server = server
@@ -154,8 +207,9 @@ class S3Bucket:
         self.client = server.client()
         self.client.create_bucket(Bucket=name)
 
-    def uri(self, prefix: str = "") -> str:
-        return f"s3://{self.name}/{prefix}"
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint_url
 
     def put(self, key: str, data: bytes, **kwargs: Any) -> None:
         self.client.put_object(Bucket=self.name, Key=key, Body=data, **kwargs)
@@ -174,12 +228,6 @@ class S3Bucket:
         finally:
             connection.close()
 
-    def upload_folder(self, folder: Path, prefix: str) -> str:
-        """Upload every file under ``folder`` (markers and .crc files too); the batch URI."""
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            self.put(prefix + path.relative_to(folder).as_posix(), path.read_bytes())
-        return self.uri(prefix)
-
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
         return body
@@ -194,18 +242,17 @@ class S3Bucket:
         )
         return sorted(item["Key"] for page in pages for item in page.get("Contents", ()))
 
-    def source_toml(self) -> str:
-        return f'[sources.lake]\ntype = "s3"\nendpoint_url = "{self.server.endpoint_url}"\n'
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.name, Key=key)
 
-    def destination_toml(self, name: str, **options: Any) -> str:
-        lines = [
-            f"[destinations.{name}]",
-            'type = "s3"',
-            f'bucket = "{self.name}"',
-            f'endpoint_url = "{self.server.endpoint_url}"',
-        ]
-        lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
-        return "\n".join(lines) + "\n"
+    def version(self, key: str) -> str:
+        """The version a source reports for the object: its ETag."""
+        return str(self.head(key)["ETag"]).strip('"')
+
+    def described(self, key: str) -> tuple[str, str, dict[str, str]]:
+        """The object's content type, content encoding and user metadata."""
+        head = self.head(key)
+        return head["ContentType"], head["ContentEncoding"], head["Metadata"]
 
 
 # -- GCS ------------------------------------------------------------------------------------
@@ -250,8 +297,12 @@ def gcs_server() -> Iterator[GcsServer]:
         process.wait(10)
 
 
-class GcsBucket:
+class GcsBucket(Bucket):
     """One test's GCS bucket on fake-gcs-server."""
+
+    scheme = "gs"
+    type = "gcs"
+    endpoint_key = "endpoint"
 
     def __init__(self, server: GcsServer, name: str) -> None:
         self.server = server
@@ -259,8 +310,9 @@ class GcsBucket:
         self.client = server.client()
         self.bucket = self.client.create_bucket(name)
 
-    def uri(self, prefix: str = "") -> str:
-        return f"gs://{self.name}/{prefix}"
+    @property
+    def endpoint(self) -> str:
+        return self.server.url
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.bucket.blob(key).upload_from_string(data, content_type=content_type)
@@ -280,12 +332,6 @@ class GcsBucket:
         finally:
             connection.close()
 
-    def upload_folder(self, folder: Path, prefix: str) -> str:
-        """Upload every file under ``folder`` (markers and .crc files too); the batch URI."""
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            self.put(prefix + path.relative_to(folder).as_posix(), path.read_bytes())
-        return self.uri(prefix)
-
     def get(self, key: str) -> bytes:
         data: bytes = self.bucket.blob(key).download_as_bytes(raw_download=True)
         return data
@@ -299,18 +345,52 @@ class GcsBucket:
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(blob.name for blob in self.client.list_blobs(self.name, prefix=prefix))
 
-    def source_toml(self) -> str:
-        return f'[sources.lake]\ntype = "gcs"\nendpoint = "{self.server.url}"\n'
+    def version(self, key: str) -> str:
+        """The version a source reports for the object: its generation."""
+        return str(self.blob(key).generation)
 
-    def destination_toml(self, name: str, **options: Any) -> str:
-        lines = [
-            f"[destinations.{name}]",
-            'type = "gcs"',
-            f'bucket = "{self.name}"',
-            f'endpoint = "{self.server.url}"',
-        ]
-        lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
-        return "\n".join(lines) + "\n"
+    def described(self, key: str) -> tuple[str, str, dict[str, str]]:
+        """The object's content type, content encoding and user metadata."""
+        blob = self.blob(key)
+        return blob.content_type, blob.content_encoding, dict(blob.metadata or {})
+
+
+# -- chunks for the destination tests ---------------------------------------------------------
+
+
+def make_chunk(chunk_id: str, records: int, *, batch_id: str = "b-1") -> EncodedChunk:
+    """Chunk ``chunk_id`` of batch ``batch_id`` (route churn), gzipped NDJSON."""
+    lines = [orjson.dumps(prediction(int(chunk_id) * 1000 + i)) for i in range(records)]
+    raw = RawChunk(chunk_id, lines, sum(len(x) + 1 for x in lines))
+    return encode_chunk(
+        raw,
+        batch_id=batch_id,
+        dataset="churn",
+        route="churn",
+        format="ndjson",
+        codec="gzip",
+        level=None,
+        columns=None,
+    )
+
+
+def summary_of(chunks: list[EncodedChunk], locations: list[str], complete: bool) -> BatchSummary:
+    """What the engine hands ``finish_batch`` once ``chunks`` were delivered to ``locations``."""
+    records = [
+        ChunkRecord(
+            c.batch_id,
+            c.route,
+            c.chunk_id,
+            ChunkState.DELIVERED,
+            records=c.records,
+            idempotency_key=c.idempotency_key,
+            target="drop",
+            location=location,
+            checksum=c.checksum,
+        )
+        for c, location in zip(chunks, locations, strict=True)
+    ]
+    return BatchSummary("b-1", "churn", "churn", records, complete=complete)
 
 
 def _toml(value: Any) -> str:
