@@ -26,7 +26,7 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
@@ -42,7 +42,7 @@ from pydantic import Field
 from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropLayout, DropOptions
-from sender.errors import PermanentError, RetryableError, SourceError
+from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 
 __all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
@@ -112,21 +112,12 @@ _SDK_ERRORS = (
 )
 
 
-@contextlib.contextmanager
-def _source_errors(where: str) -> Iterator[None]:
-    try:
-        yield
-    except _SDK_ERRORS as exc:
-        raise SourceError(describe_gcs_error(exc, where)[0]) from exc
+def _source_errors(where: str) -> contextlib.AbstractContextManager[None]:
+    return map_errors(_SDK_ERRORS, lambda exc: describe_gcs_error(exc, where), to="source")
 
 
-@contextlib.contextmanager
-def _delivery_errors(where: str) -> Iterator[None]:
-    try:
-        yield
-    except _SDK_ERRORS as exc:
-        reason, retryable = describe_gcs_error(exc, where)
-        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+def _delivery_errors(where: str) -> contextlib.AbstractContextManager[None]:
+    return map_errors(_SDK_ERRORS, lambda exc: describe_gcs_error(exc, where))
 
 
 class _Client:

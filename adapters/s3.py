@@ -19,53 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProfileNotFound,
-)
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from pydantic import Field
 
+from adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
 from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropLayout, DropOptions
-from sender.errors import PermanentError, RetryableError, SourceError
+from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 
 __all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
 
-# S3 error codes a later attempt can get past; everything else a 4xx says is permanent
-_RETRYABLE_CODES = frozenset(
-    {
-        "BandwidthLimitExceeded",
-        "InternalError",
-        "OperationAborted",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestTimeTooSkewed",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-    }
-)
-_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
-_REFUSED_CREDENTIALS = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
-)
 _CREDENTIALS_HINT = (
     "the standard AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
     "web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), or an instance role"
@@ -82,65 +52,72 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+_S3 = AwsService(
+    name="S3",
+    # S3 error codes a later attempt can get past; everything else a 4xx says is permanent
+    retryable=frozenset(
+        {
+            "BandwidthLimitExceeded",
+            "InternalError",
+            "OperationAborted",
+            "RequestLimitExceeded",
+            "RequestThrottled",
+            "RequestTimeTooSkewed",
+            "RequestTimeout",
+            "ServiceUnavailable",
+            "SlowDown",
+            "Throttling",
+            "ThrottlingException",
+            "TooManyRequestsException",
+        }
+    ),
+    denied=frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}),
+    refused_credentials=frozenset(
+        {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+    ),
+    access_denied=(
+        "{where}: access denied (check the bucket policy and the role the sender runs as; "
+        "credentials come from " + _CREDENTIALS_HINT + ")"
+    ),
+    credentials_hint=_CREDENTIALS_HINT,
+    permanent={
+        "PreconditionFailed": "the object changed since it was listed",
+        "412": "the object changed since it was listed",
+    },
+)
+
+
+def _missing(where: str, code: str, status: int, error: Mapping[str, Any]) -> str | None:
+    if code == "NoSuchBucket":
+        bucket = error.get("BucketName") or where.removeprefix("s3://").split("/", 1)[0]
+        return f"no such bucket: {bucket}"
+    if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+        return f"{where}: no such object"
+    return None
+
+
+def _extra(where: str, exc: BaseException) -> tuple[str, bool] | None:
+    if isinstance(exc, ProfileNotFound):
+        return f"AWS profile not found: {exc}", False
+    if isinstance(exc, BotoCoreError):
+        return f"{where}: {exc}", False
+    return None
+
+
 def describe_s3_error(exc: BaseException, where: str) -> tuple[str, bool]:
     """A readable reason for an SDK error about ``where`` (``s3://bucket/key``), and whether a
     later attempt may succeed."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        message = error.get("Message") or ""
-        if code == "NoSuchBucket":
-            bucket = error.get("BucketName") or where.removeprefix("s3://").split("/", 1)[0]
-            return f"no such bucket: {bucket}", False
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return f"{where}: no such object", False
-        if code in _DENIED_CODES or (status == 403 and code not in _REFUSED_CREDENTIALS):
-            return (
-                f"{where}: access denied (check the bucket policy and the role the sender "
-                f"runs as; credentials come from {_CREDENTIALS_HINT})",
-                False,
-            )
-        if code in _REFUSED_CREDENTIALS:
-            return f"{where}: the AWS credentials were refused ({code}: {message})", False
-        if code in ("PreconditionFailed", "412"):
-            return f"{where}: the object changed since it was listed", False
-        retryable = code in _RETRYABLE_CODES or status >= 500 or status in (408, 429)
-        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
-        return f"{where}: S3 error {detail}", retryable
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return f"no usable AWS credentials found ({exc}); looked in {_CREDENTIALS_HINT}", False
-    if isinstance(exc, CredentialRetrievalError):
-        return f"could not get AWS credentials: {exc}", True
-    if isinstance(exc, ProfileNotFound):
-        return f"AWS profile not found: {exc}", False
-    if isinstance(exc, ConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
-        return f"{where}: connection error: {exc}", True
-    if isinstance(exc, TimeoutError):
-        return f"{where}: timed out", True
-    if isinstance(exc, BotoCoreError):
-        return f"{where}: {exc}", False
-    return f"{where}: {type(exc).__name__}: {exc}", False
+    return describe_aws_error(
+        exc, where, _S3, missing=_missing, extra=lambda error: _extra(where, error)
+    )
 
 
-_SDK_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError)
+def _source_errors(where: str) -> contextlib.AbstractContextManager[None]:
+    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_s3_error(exc, where), to="source")
 
 
-@contextlib.contextmanager
-def _source_errors(where: str) -> Iterator[None]:
-    try:
-        yield
-    except _SDK_ERRORS as exc:
-        raise SourceError(describe_s3_error(exc, where)[0]) from exc
-
-
-@contextlib.contextmanager
-def _delivery_errors(where: str) -> Iterator[None]:
-    try:
-        yield
-    except _SDK_ERRORS as exc:
-        reason, retryable = describe_s3_error(exc, where)
-        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+def _delivery_errors(where: str) -> contextlib.AbstractContextManager[None]:
+    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_s3_error(exc, where))
 
 
 class _Client:
@@ -275,7 +252,7 @@ class S3Source:
             if status == 404:
                 return None
             raise SourceError(describe_s3_error(exc, uri)[0]) from exc
-        except _SDK_ERRORS as exc:
+        except AWS_SDK_ERRORS as exc:
             raise SourceError(describe_s3_error(exc, uri)[0]) from exc
         return head
 

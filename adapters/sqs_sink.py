@@ -39,24 +39,15 @@ import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import aiohttp
 from aiobotocore.config import AioConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
 from pydantic import Field
 
+from adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
 from sender.config import DestinationOptions, Size
-from sender.errors import PermanentError, RetryableError
+from sender.errors import PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
 from sender.pipeline import CONTENT_TYPES
 
@@ -74,31 +65,38 @@ _GROUP_ID = re.compile(r"^[!-~]{1,128}$")
 _MISSING_QUEUE = frozenset(
     {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
 )
-_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "KMS.AccessDeniedException"})
-_REFUSED_CREDENTIALS = frozenset(
-    {
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "UnrecognizedClientException",
-        "ExpiredToken",
-        "InvalidSecurity",
-        "MissingAuthenticationToken",
-    }
-)
-_RETRYABLE_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "RequestThrottled",
-        "KmsThrottled",
-        "KMS.ThrottlingException",
-        "ServiceUnavailable",
-        "InternalError",
-        "InternalFailure",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "TooManyRequestsException",
-    }
+_SQS = AwsService(
+    name="SQS",
+    retryable=frozenset(
+        {
+            "ThrottlingException",
+            "Throttling",
+            "RequestThrottled",
+            "KmsThrottled",
+            "KMS.ThrottlingException",
+            "ServiceUnavailable",
+            "InternalError",
+            "InternalFailure",
+            "RequestTimeout",
+            "RequestTimeoutException",
+            "TooManyRequestsException",
+        }
+    ),
+    denied=frozenset({"AccessDenied", "AccessDeniedException", "KMS.AccessDeniedException"}),
+    refused_credentials=frozenset(
+        {
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+            "UnrecognizedClientException",
+            "ExpiredToken",
+            "InvalidSecurity",
+            "MissingAuthenticationToken",
+        }
+    ),
+    access_denied=(
+        "{where}: access denied ({code}: {message}); the sender's role needs "
+        "sqs:SendMessage on the queue (and kms:GenerateDataKey for an encrypted one)"
+    ),
 )
 
 
@@ -110,45 +108,20 @@ def _session() -> Any:
     return get_session()
 
 
+def _missing(queue_url: str, code: str, status: int, error: Mapping[str, Any]) -> str | None:
+    if code in _MISSING_QUEUE:
+        return f"{queue_url}: no such queue (check queue_url and the region)"
+    return None
+
+
 def describe_sqs_error(exc: BaseException, queue_url: str) -> tuple[str, bool]:
     """A readable reason for an SDK or transport error sending to ``queue_url``, and whether
     a later attempt may succeed."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = str(error.get("Message") or "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _MISSING_QUEUE:
-            return f"{queue_url}: no such queue (check queue_url and the region)", False
-        if code in _DENIED or (status == 403 and code not in _REFUSED_CREDENTIALS):
-            return (
-                f"{queue_url}: access denied ({code}: {message}); the sender's role needs "
-                "sqs:SendMessage on the queue (and kms:GenerateDataKey for an encrypted one)",
-                False,
-            )
-        if code in _REFUSED_CREDENTIALS:
-            return f"{queue_url}: the AWS credentials were refused ({code}: {message})", False
-        retryable = code in _RETRYABLE_CODES or status >= 500 or status in (408, 429)
-        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
-        return f"{queue_url}: SQS error {detail}", retryable
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return f"no usable AWS credentials found ({exc})", False
-    if isinstance(exc, CredentialRetrievalError):
-        return f"could not get AWS credentials: {exc}", True
-    if isinstance(exc, ConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
-        return f"{queue_url}: connection error: {exc}", True
-    if isinstance(exc, TimeoutError):
-        return f"{queue_url}: timed out", True
-    return f"{queue_url}: {type(exc).__name__}: {exc}", False
+    return describe_aws_error(exc, queue_url, _SQS, missing=_missing)
 
 
-@contextlib.contextmanager
-def _delivery_errors(queue_url: str) -> Iterator[None]:
-    try:
-        yield
-    except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        reason, retryable = describe_sqs_error(exc, queue_url)
-        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+def _delivery_errors(queue_url: str) -> contextlib.AbstractContextManager[None]:
+    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_sqs_error(exc, queue_url))
 
 
 def _attribute(value: str | int) -> dict[str, str]:

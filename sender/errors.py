@@ -15,9 +15,15 @@ Every error the core raises or expects from an adapter derives from ``SenderErro
 
 Adapters translate vendor exceptions (aiohttp, botocore, google, aio-pika) into this tree at
 their boundary and keep the original as ``__cause__``; vendor errors never reach the core.
+``map_errors`` is that boundary for the adapters whose SDK errors only need a reason and a
+retryable/permanent verdict.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 __all__ = [
     "ConfigError",
@@ -29,6 +35,7 @@ __all__ = [
     "SenderError",
     "SourceError",
     "TriggerError",
+    "map_errors",
 ]
 
 
@@ -101,3 +108,30 @@ class PermanentError(DeliveryError):
         self.reason = reason
         self.status = status
         self.payload = status in _PAYLOAD_STATUSES if payload is None else payload
+
+
+@contextlib.contextmanager
+def map_errors(
+    catch: tuple[type[BaseException], ...],
+    describe: Callable[[BaseException], tuple[str, bool]],
+    *,
+    to: Literal["delivery", "source"] = "delivery",
+) -> Iterator[None]:
+    """Translate the vendor errors in ``catch`` raised inside the block (STYLE.md #7).
+
+    ``describe(exc)`` gives a readable reason and whether a later attempt may succeed. With
+    ``to="delivery"`` the block raises ``RetryableError(reason)`` or
+    ``PermanentError(reason)`` accordingly; with ``to="source"`` it raises
+    ``SourceError(reason)`` (a source does not retry, so the verdict is dropped). The vendor
+    error is kept as ``__cause__``; errors outside ``catch`` pass through untouched::
+
+        with map_errors((ClientError, OSError), lambda exc: describe(exc, uri)):
+            await client.put_object(...)
+    """
+    try:
+        yield
+    except catch as exc:
+        reason, retryable = describe(exc)
+        if to == "source":
+            raise SourceError(reason) from exc
+        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
