@@ -95,11 +95,21 @@ async def test_an_unwritable_dead_letter_store_keeps_the_batch_unacked_and_not_r
             assert not list((queue / "done").glob("*.json"))
             async with App(config) as app:
                 record = await app.ledger.get_batch(message.batch_id)
-            assert record is not None and record.state is BatchState.INCOMPLETE
+                chunks = await app.ledger.chunks(message.batch_id)
+            # the released message may already be taken again (state running): what matters
+            # is that nothing was marked stored that is not
+            assert record is not None and record.state is not BatchState.COMPLETE
+            assert record.state in (BatchState.INCOMPLETE, BatchState.RUNNING)
+            assert chunks and not any(c.state.terminal for c in chunks)
 
-            (tmp_path / "dead").unlink()  # the volume is back: the next run completes
-            settled = await asyncio.wait_for(daemon.wait_settled(2), 30)
-            assert [s.verb for s in settled] == ["release", "ack"]
+            (tmp_path / "dead").unlink()  # the volume is back: a next run completes
+            # (a run that started while the store was still down is given back once more)
+            for count in range(2, 6):
+                settled = await asyncio.wait_for(daemon.wait_settled(count), 30)
+                if settled[-1].verb == "ack":
+                    break
+            verbs = [s.verb for s in settled]
+            assert verbs[-1] == "ack" and set(verbs[:-1]) == {"release"}
             async with http.get(readyz) as response:
                 ready = response.status
         finally:
