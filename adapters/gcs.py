@@ -41,7 +41,7 @@ from pydantic import Field
 
 from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
-from sender.drop import BucketDrop, DropLayout, DropOptions
+from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 
@@ -410,13 +410,8 @@ class GcsDestination(BucketDrop):
         anonymous: bool | None = None
 
     def __init__(self, name: str, options: Options) -> None:
-        self.name = name
-        self.options = options
-        self.layout = DropLayout(options.prefix)
-        self.format = options.format
-        self.codec = options.compression
-        self.manifest = options.manifest
-        self.bucket_uri = f"gs://{options.bucket}"
+        super().__init__(name, options, "gs")
+        self.options: GcsDestination.Options = options
         limit = options.max_in_flight
         self._client = _Client(
             project=options.project,
@@ -424,15 +419,6 @@ class GcsDestination(BucketDrop):
             anonymous=options.anonymous,
             workers=limit,
         )
-
-    def __repr__(self) -> str:
-        return f"GcsDestination({self.name!r}, bucket={self.options.bucket!r})"
-
-    async def __aenter__(self) -> GcsDestination:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def put_object(
         self,

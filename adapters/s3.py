@@ -30,7 +30,7 @@ from pydantic import Field
 from adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
 from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
-from sender.drop import BucketDrop, DropLayout, DropOptions
+from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 
@@ -334,13 +334,8 @@ class S3Destination(BucketDrop):
         kms_key_id: str | None = None
 
     def __init__(self, name: str, options: Options) -> None:
-        self.name = name
-        self.options = options
-        self.layout = DropLayout(options.prefix)
-        self.format = options.format
-        self.codec = options.compression
-        self.manifest = options.manifest
-        self.bucket_uri = f"s3://{options.bucket}"
+        super().__init__(name, options, "s3")
+        self.options: S3Destination.Options = options
         limit = options.max_in_flight
         self._client = _Client(
             endpoint_url=options.endpoint_url,
@@ -362,15 +357,6 @@ class S3Destination(BucketDrop):
         if options.kms_key_id:
             extra["SSEKMSKeyId"] = options.kms_key_id
         self._extra = extra
-
-    def __repr__(self) -> str:
-        return f"S3Destination({self.name!r}, bucket={self.options.bucket!r})"
-
-    async def __aenter__(self) -> S3Destination:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def put_object(
         self,

@@ -22,7 +22,7 @@ import string
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import orjson
@@ -227,20 +227,35 @@ class DropOptions(DestinationOptions):
 class BucketDrop(ABC):
     """The bucket-drop flow shared by object-store destinations.
 
-    Subclasses set ``name``, ``layout``, ``format``, ``codec``, ``manifest`` and
-    ``bucket_uri`` (``s3://bucket``), and implement ``put_object`` and ``object_sizes``,
-    raising ``RetryableError`` or ``PermanentError`` (their SDK's errors translated).
+    Subclasses call ``super().__init__(name, options, scheme)`` and implement ``put_object``,
+    ``object_sizes`` and ``aclose``, raising ``RetryableError`` or ``PermanentError`` (their
+    SDK's errors translated).
     """
-
-    name: str
-    layout: DropLayout
-    format: str
-    codec: str
-    manifest: bool
-    bucket_uri: str
 
     formats = frozenset(CONTENT_TYPES)
     codecs = frozenset(CONTENT_ENCODINGS)
+
+    def __init__(self, name: str, options: DropOptions, scheme: str) -> None:
+        self.name = name
+        self.options = options
+        self.layout = DropLayout(options.prefix)
+        self.format = options.format
+        self.codec = options.compression
+        self.manifest = options.manifest
+        self.bucket_uri = f"{scheme}://{options.bucket}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, bucket={self.options.bucket!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the client; idempotent."""
 
     @abstractmethod
     async def put_object(
