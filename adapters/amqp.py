@@ -40,6 +40,7 @@ from sender.config import Duration, TriggerOptions, mask_url
 from sender.errors import TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
+from sender.ports import Resource
 
 __all__ = ["AmqpEnvelope", "AmqpTrigger"]
 
@@ -95,7 +96,7 @@ class AmqpEnvelope:
         return None  # an unacked delivery is ours until the connection closes
 
 
-class AmqpTrigger:
+class AmqpTrigger(Resource):
     """Consumes one RabbitMQ queue (declared with its dead-letter queue when missing)."""
 
     class Options(TriggerOptions):
@@ -120,12 +121,6 @@ class AmqpTrigger:
 
     def __repr__(self) -> str:
         return f"AmqpTrigger({mask_url(self.options.url)!r}, queue={self.options.queue!r})"
-
-    async def __aenter__(self) -> AmqpTrigger:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def dead_letter_queue(self) -> str:

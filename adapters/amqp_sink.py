@@ -49,6 +49,7 @@ from sender.config import DestinationOptions, Duration, mask_url
 from sender.errors import PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt
 from sender.pipeline import CONTENT_TYPES
+from sender.ports import Resource
 
 __all__ = ["AmqpDestination", "chunk_message"]
 
@@ -82,7 +83,7 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class AmqpDestination:
+class AmqpDestination(Resource):
     """Publishes each chunk as one confirmed, mandatory message to a RabbitMQ exchange."""
 
     formats = frozenset({"ndjson", "json", "csv"})
@@ -110,12 +111,6 @@ class AmqpDestination:
             f"AmqpDestination({self.name!r}, {mask_url(self.options.url)!r}, "
             f"exchange={self.options.exchange!r}, routing_key={self.options.routing_key!r})"
         )
-
-    async def __aenter__(self) -> AmqpDestination:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def _where(self) -> str:

@@ -44,6 +44,7 @@ from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
+from sender.ports import Resource
 
 __all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
 
@@ -246,7 +247,7 @@ class _Pipe(io.RawIOBase):
         self._slots.release()  # wake a thread waiting for room
 
 
-class GcsSource:
+class GcsSource(Resource):
     """Lists and streams the objects of ``gs://bucket/prefix/`` batches.
 
     Listing is paginated; reads are streamed (see the module docstring) and ranged reads
@@ -276,12 +277,6 @@ class GcsSource:
         self._retry = DEFAULT_RETRY.with_timeout(self.options.retry_budget_s)
         self._pipes: set[_Pipe] = set()
         self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
-
-    async def __aenter__(self) -> GcsSource:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def list(self, uri: str) -> list[ObjectInfo]:
         """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""

@@ -30,7 +30,6 @@ import socket
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
@@ -42,6 +41,7 @@ from sender import __version__
 from sender.config import DestinationOptions, mask_url
 from sender.errors import DeliveryError, PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt
+from sender.ports import Resource
 
 __all__ = [
     "CONTENT_TYPES",
@@ -207,7 +207,7 @@ def _describe_client_error(exc: BaseException, timeout_s: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class HttpDestination:
+class HttpDestination(Resource):
     """Delivers each chunk as one HTTP request to ``options.url``.
 
     One pooled ``aiohttp.ClientSession`` per destination, created on the first ``deliver``
@@ -288,17 +288,6 @@ class HttpDestination:
 
     def __repr__(self) -> str:
         return f"HttpDestination({self.name!r}, url={self._location!r})"
-
-    async def __aenter__(self) -> HttpDestination:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -36,7 +36,7 @@ from sender.engine import default_owner
 from sender.errors import LedgerError, MessageError, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
-from sender.ports import InboxMessage, InboxOutcome, Ledger
+from sender.ports import InboxMessage, InboxOutcome, Ledger, Resource
 
 __all__ = ["HttpEnvelope", "HttpTrigger"]
 
@@ -89,7 +89,7 @@ class HttpEnvelope:
             raise TriggerError(f"inbox message {self.message_id}: lease lost to another owner")
 
 
-class HttpTrigger:
+class HttpTrigger(Resource):
     """Trigger messages POSTed to the control server, queued durably in the ledger."""
 
     class Options(TriggerOptions):
@@ -116,12 +116,6 @@ class HttpTrigger:
 
     def __repr__(self) -> str:
         return f"HttpTrigger(bound={self._ledger is not None})"
-
-    async def __aenter__(self) -> HttpTrigger:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def bind(self, ledger: Ledger | None, daemon: DaemonConfig | None = None) -> None:
         """Called by ``sender.daemon.open_trigger``: the daemon's ledger (None outside the

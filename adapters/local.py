@@ -17,6 +17,7 @@ from sender.config import DestinationOptions, LocalPath, SourceOptions
 from sender.drop import chunk_meta, chunk_object_name
 from sender.errors import RetryableError, SourceError
 from sender.model import EncodedChunk, ObjectInfo, Receipt
+from sender.ports import Resource
 
 __all__ = ["LocalDestination", "LocalSource", "chunk_file_name"]
 
@@ -29,7 +30,7 @@ def _version(stat: os.stat_result) -> str:
     return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
-class LocalSource:
+class LocalSource(Resource):
     """Reads ``/path``, ``file:///path`` or a single file from the local filesystem."""
 
     class Options(SourceOptions):
@@ -37,12 +38,6 @@ class LocalSource:
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
-
-    async def __aenter__(self) -> LocalSource:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def list(self, uri: str) -> list[ObjectInfo]:
         return await asyncio.to_thread(self._list, uri)
@@ -109,7 +104,7 @@ def _raise(exc: OSError) -> None:
 chunk_file_name = chunk_object_name
 
 
-class LocalDestination:
+class LocalDestination(Resource):
     """Writes each chunk as a file under ``path/prefix`` with a ``.meta.json`` sidecar.
 
     Writes are atomic (temporary file, then rename), and names are deterministic, so a resend
@@ -129,12 +124,6 @@ class LocalDestination:
         self.name = name
         self.options = options
         self.root = Path(options.path)
-
-    async def __aenter__(self) -> LocalDestination:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def folder(self, batch_id: str, dataset: str, route: str) -> Path:
         prefix = self.options.prefix.format(dataset=dataset, batch_id=batch_id, route=route)

@@ -21,7 +21,6 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any, Literal
 
 from sender.config import DestinationOptions, SourceOptions, TriggerOptions
@@ -35,7 +34,7 @@ from sender.model import (
     TriggerMessage,
     chunk_sort_key,
 )
-from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
+from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 
 __all__ = [
     "MemoryDestination",
@@ -57,7 +56,7 @@ def _utc(value: datetime) -> datetime:
 # -- ledger ------------------------------------------------------------------------------
 
 
-class MemoryLedger:
+class MemoryLedger(Resource):
     """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
     (including ``record_replay``/``replays``), nothing durable.
 
@@ -112,17 +111,7 @@ class MemoryLedger:
         """Nothing to open; refuses a closed ledger like the real ones."""
         await self._enter()
 
-    async def __aenter__(self) -> MemoryLedger:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    _on_enter = open  # async with opens the ledger
 
     async def aclose(self) -> None:
         self._closed = True
@@ -321,7 +310,7 @@ class MemoryLedger:
 # -- source ------------------------------------------------------------------------------
 
 
-class MemorySource:
+class MemorySource(Resource):
     """The ``Source`` port over ``objects``: a dict of URI → bytes (``"mem://b/p/part-0"``).
 
     ``list`` returns every object under a prefix (recursively, sorted by URI), or the one
@@ -384,17 +373,8 @@ class MemorySource:
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> MemorySource:
-        self._check()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def _on_enter(self) -> None:
+        self._check()  # refuses a closed source, like the real ones
 
 
 # -- destination -------------------------------------------------------------------------
@@ -403,7 +383,7 @@ _ALL_FORMATS = frozenset({"ndjson", "json", "csv"})
 _ALL_CODECS = frozenset({"none", "gzip", "zstd"})
 
 
-class MemoryDestination:
+class MemoryDestination(Resource):
     """The ``Destination`` port into a list: every delivered chunk lands in ``received``.
 
     Programmable failures, checked on every call in this order:
@@ -489,17 +469,6 @@ class MemoryDestination:
     async def aclose(self) -> None:
         self._closed = True
 
-    async def __aenter__(self) -> MemoryDestination:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
 
 # -- trigger -----------------------------------------------------------------------------
 
@@ -554,7 +523,7 @@ class MemoryEnvelope:
 _CLOSED = object()
 
 
-class MemoryTrigger:
+class MemoryTrigger(Resource):
     """The ``Trigger`` port on an ``asyncio.Queue``.
 
     ``publish()`` (or ``put()`` for raw bytes, e.g. an invalid message) enqueues;
@@ -639,14 +608,3 @@ class MemoryTrigger:
         if not self._closed:
             self._closed = True
             self._queue.put_nowait(_CLOSED)
-
-    async def __aenter__(self) -> MemoryTrigger:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -47,7 +46,7 @@ import orjson
 from sender.config import mask_url
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
-from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
+from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 
 __all__ = ["MIGRATIONS", "PostgresLedger"]
 
@@ -232,7 +231,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=_json, decoder=orjson.loads, schema="pg_catalog")
 
 
-class PostgresLedger:
+class PostgresLedger(Resource):
     """The ``Ledger`` port on PostgreSQL (see the module docstring).
 
     ``dsn`` is a ``postgresql://`` URL. The pool opens (and the schema migrates) on
@@ -298,17 +297,7 @@ class PostgresLedger:
         """Connect the pool and migrate the schema; a no-op when already open."""
         await self._ensure_pool()
 
-    async def __aenter__(self) -> PostgresLedger:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    _on_enter = open  # async with opens the ledger
 
     async def aclose(self) -> None:
         """Close the pool (waiting briefly for calls under way); idempotent."""

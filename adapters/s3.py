@@ -33,6 +33,7 @@ from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
+from sender.ports import Resource
 
 __all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
 
@@ -174,7 +175,7 @@ async def _read_piece(body: Any, size: int) -> bytes:
     return bytes(buffer)
 
 
-class S3Source:
+class S3Source(Resource):
     """Lists and streams the objects of ``s3://bucket/prefix/`` batches.
 
     Listing is paginated (any number of objects); reads are streamed in ``read_size`` pieces
@@ -207,12 +208,6 @@ class S3Source:
             ),
         )
         self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
-
-    async def __aenter__(self) -> S3Source:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def list(self, uri: str) -> list[ObjectInfo]:
         """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""

@@ -23,6 +23,7 @@ from sender.config import Duration, LocalPath, TriggerOptions
 from sender.errors import TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
+from sender.ports import Resource
 
 __all__ = ["SpoolEnvelope", "SpoolTrigger"]
 
@@ -61,7 +62,7 @@ class SpoolEnvelope:
         return None  # a claimed file is ours until we move it
 
 
-class SpoolTrigger:
+class SpoolTrigger(Resource):
     """Polls a directory for ``*.json`` trigger messages, oldest first."""
 
     class Options(TriggerOptions):
@@ -74,12 +75,6 @@ class SpoolTrigger:
         self.root = Path(options.path)
         self._closed = asyncio.Event()
         self._prepared = False
-
-    async def __aenter__(self) -> SpoolTrigger:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def _prepare(self) -> None:
         try:

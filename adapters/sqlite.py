@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,7 +30,7 @@ import orjson
 
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
-from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
+from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 
 __all__ = ["MIGRATIONS", "SqliteLedger"]
 
@@ -214,7 +213,7 @@ def _require_batch(conn: sqlite3.Connection, batch_id: str) -> sqlite3.Row:
     return row
 
 
-class SqliteLedger:
+class SqliteLedger(Resource):
     """The ``Ledger`` port on a SQLite file (the embedded default).
 
     ``path`` is a file path (parent folders are created) or ``":memory:"``. The file opens on
@@ -257,17 +256,7 @@ class SqliteLedger:
         """Open the file and migrate the schema; a no-op when already open."""
         await self._call(lambda conn: None)
 
-    async def __aenter__(self) -> SqliteLedger:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    _on_enter = open  # async with opens the ledger
 
     async def aclose(self) -> None:
         """Close the file; idempotent. Calls already queued finish first."""

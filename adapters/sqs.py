@@ -41,6 +41,7 @@ from sender.config import Duration, TriggerOptions
 from sender.errors import TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
+from sender.ports import Resource
 
 __all__ = ["SqsEnvelope", "SqsTrigger"]
 
@@ -136,7 +137,7 @@ class SqsEnvelope:
             await self._visibility(seconds)
 
 
-class SqsTrigger:
+class SqsTrigger(Resource):
     """Long-polls one SQS queue for trigger messages."""
 
     class Options(TriggerOptions):
@@ -159,12 +160,6 @@ class SqsTrigger:
 
     def __repr__(self) -> str:
         return f"SqsTrigger({self.options.queue_url!r})"
-
-    async def __aenter__(self) -> SqsTrigger:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def connected(self) -> bool:

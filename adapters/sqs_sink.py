@@ -50,6 +50,7 @@ from sender.config import DestinationOptions, Size
 from sender.errors import PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
 from sender.pipeline import CONTENT_TYPES
+from sender.ports import Resource
 
 __all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "describe_sqs_error", "message_request"]
 
@@ -182,7 +183,7 @@ def message_request(chunk: EncodedChunk, queue_url: str) -> tuple[dict[str, Any]
     return params, len(body.encode()) + _attributes_size(attributes)
 
 
-class SqsDestination:
+class SqsDestination(Resource):
     """Sends each chunk as one message to an SQS queue (standard or FIFO)."""
 
     formats = frozenset({"ndjson", "json", "csv"})
@@ -206,12 +207,6 @@ class SqsDestination:
 
     def __repr__(self) -> str:
         return f"SqsDestination({self.name!r}, {self.options.queue_url!r})"
-
-    async def __aenter__(self) -> SqsDestination:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def _region(self) -> str | None:
         if self.options.region:

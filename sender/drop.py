@@ -22,7 +22,7 @@ import string
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -34,7 +34,7 @@ from .errors import PermanentError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
 from .pipeline import CODEC_EXTENSIONS, CONTENT_TYPES, EXTENSIONS
-from .ports import BatchSummary, ChunkRecord
+from .ports import BatchSummary, ChunkRecord, Resource
 
 __all__ = [
     "CONTENT_ENCODINGS",
@@ -224,7 +224,7 @@ class DropOptions(DestinationOptions):
         return check_prefix(value)
 
 
-class BucketDrop(ABC):
+class BucketDrop(ABC, Resource):
     """The bucket-drop flow shared by object-store destinations.
 
     Subclasses call ``super().__init__(name, options, scheme)`` and implement ``put_object``,
@@ -246,12 +246,6 @@ class BucketDrop(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, bucket={self.options.bucket!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @abstractmethod
     async def aclose(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from .model import BatchState, ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage
 
@@ -27,10 +27,30 @@ __all__ = [
     "InboxMessage",
     "InboxOutcome",
     "Ledger",
+    "Resource",
     "RouteStats",
     "Source",
     "Trigger",
 ]
+
+
+class Resource:
+    """What makes an adapter an async context manager (STYLE.md #11): ``async with`` awaits
+    ``_on_enter()`` (nothing by default; a ledger opens and migrates there) and, on the way
+    out, the adapter's own idempotent ``aclose()``. (Not ``open``: that is a Source's verb.)"""
+
+    async def _on_enter(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self._on_enter()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 @runtime_checkable
