@@ -152,7 +152,9 @@ async def test_sqs_going_away_is_not_ready_then_reconnected(
 
     try:
         with watch_logs() as logs:
-            async with running_daemon(config) as daemon, asyncio.timeout(30):
+            # a long poll cut mid-flight ends only at the client's read timeout (wait + 15 s),
+            # then the reconnect backoff runs: 30 s left no room on a loaded machine
+            async with running_daemon(config) as daemon, asyncio.timeout(60):
                 await logs.wait_for("sqs.connected")
                 assert await daemon.readiness() == []
 
