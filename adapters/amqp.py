@@ -44,7 +44,7 @@ from sender.ports import Resource
 
 __all__ = ["AmqpEnvelope", "AmqpTrigger"]
 
-log = get_logger("adapters.amqp")
+log = get_logger("sender_adapters.amqp")
 
 _CLOSE_TIMEOUT_S = 5.0
 

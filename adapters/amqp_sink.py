@@ -45,10 +45,10 @@ from aiormq.exceptions import (
 )
 from pydantic import Field
 
+from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Duration, mask_url
 from sender.errors import PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt
-from sender.pipeline import CONTENT_TYPES
 from sender.ports import Resource
 
 __all__ = ["AmqpDestination", "chunk_message"]

@@ -39,12 +39,12 @@ from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 from pydantic import Field
 
-from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 from sender.ports import Resource
+from sender_adapters._readahead import ReadAhead
 
 __all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
 

@@ -40,7 +40,7 @@ from sender.ports import InboxMessage, InboxOutcome, Ledger, Resource
 
 __all__ = ["HttpEnvelope", "HttpTrigger"]
 
-log = get_logger("adapters.http_trigger")
+log = get_logger("sender_adapters.http_trigger")
 
 _BACKOFF_MAX_S = 30.0
 

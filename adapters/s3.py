@@ -27,13 +27,13 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from pydantic import Field
 
-from adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
-from adapters._drop import ReadAhead
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
 from sender.ports import Resource
+from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
+from sender_adapters._readahead import ReadAhead
 
 __all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
 

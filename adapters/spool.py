@@ -27,7 +27,7 @@ from sender.ports import Resource
 
 __all__ = ["SpoolEnvelope", "SpoolTrigger"]
 
-log = get_logger("adapters.spool")
+log = get_logger("sender_adapters.spool")
 
 
 class SpoolEnvelope:

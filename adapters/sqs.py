@@ -45,7 +45,7 @@ from sender.ports import Resource
 
 __all__ = ["SqsEnvelope", "SqsTrigger"]
 
-log = get_logger("adapters.sqs")
+log = get_logger("sender_adapters.sqs")
 
 _BACKOFF_MAX_S = 30.0
 _REGION_IN_URL = re.compile(r"://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")

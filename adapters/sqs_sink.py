@@ -45,12 +45,12 @@ from typing import Any, Literal
 from aiobotocore.config import AioConfig
 from pydantic import Field
 
-from adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
+from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Size
 from sender.errors import PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
-from sender.pipeline import CONTENT_TYPES
 from sender.ports import Resource
+from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
 
 __all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "describe_sqs_error", "message_request"]
 

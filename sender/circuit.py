@@ -32,7 +32,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from .config import CircuitConfig
-from .errors import RetryableError
+from .errors import CircuitOpenError
 from .log import get_logger
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState"]
@@ -44,11 +44,6 @@ class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-class CircuitOpenError(RetryableError):
-    """The target's circuit is open: the chunk was not sent (no attempt was made).
-    ``retry_after`` is the time left before a probe will be let through."""
 
 
 class CircuitBreaker:

@@ -19,23 +19,25 @@ from rich.console import Console
 
 from . import __version__
 from .config import AppConfig, load_config
-from .errors import ConfigError, MessageError, SenderError
+from .errors import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    MessageError,
+    ReplayRefused,
+    SenderError,
+    UsageError,
+)
 from .log import configure_logging, mask
 
 __all__ = ["amain", "main"]
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 # made again for every command (``_consoles``), so that the width follows $COLUMNS and the
 # streams are those of the moment (tests capture them)
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class UsageError(SenderError):
-    """A command-line argument is wrong (exit code 2)."""
-
-    exit_code = EXIT_USAGE
 
 
 def _consoles() -> None:
@@ -73,9 +75,9 @@ def derive_batch_id(dataset: str, uri: str, versions: Sequence[str]) -> str:
 
 async def cmd_send(args: argparse.Namespace) -> int:
     from .app import App
-    from .formats import list_batch
     from .model import TriggerMessage
     from .progress import SendProgress
+    from .readers import list_batch
 
     config = _config(args)
     unknown = sorted(set(args.route or ()) - set(config.routes))
@@ -133,8 +135,8 @@ def _primaries(config: AppConfig) -> dict[str, str]:
 async def cmd_status(args: argparse.Namespace) -> int:
     from .app import open_ledger
     from .replay import dead_letter_files, replay_preview
+    from .serialize import batch_json
     from .status import batch_detail, batch_filters, batch_table, run_duration, target_usage
-    from .views import batch_json
 
     config = _config(args)
     primaries = _primaries(config)
@@ -251,7 +253,7 @@ def _selection(args: argparse.Namespace) -> Any:
 async def cmd_replay(args: argparse.Namespace) -> int:
     from .app import App
     from .progress import ReplayProgress
-    from .replay import Replayer, ReplayHooks, ReplayRefused
+    from .replay import Replayer, ReplayHooks
     from .status import replay_summary
 
     config = _config(args)

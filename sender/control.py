@@ -26,7 +26,7 @@ from .errors import MessageError, SenderError
 from .log import get_logger
 from .model import TriggerMessage, parse_trigger_message
 from .ports import Ledger
-from .views import batch_json
+from .serialize import batch_json
 
 __all__ = ["ControlServer", "unwrap_pubsub"]
 

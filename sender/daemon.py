@@ -35,8 +35,7 @@ from . import metrics
 from .app import App
 from .config import AppConfig
 from .control import ControlServer
-from .engine import BatchBusy
-from .errors import ConfigError, LedgerError, MessageError, SenderError, TriggerError
+from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .hooks import Hooks, MultiHooks
 from .log import get_logger
 from .metrics import MetricsHooks

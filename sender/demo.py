@@ -20,7 +20,7 @@ from .config import load_config
 from .errors import ConfigError
 from .model import BatchState, TriggerMessage
 from .ports import ChunkRecord
-from .receiver import Receiver
+from .testing.receiver import Receiver
 
 __all__ = ["find_demo_config", "run_demo", "write_demo_batch"]
 

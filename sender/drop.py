@@ -29,11 +29,11 @@ import orjson
 from pydantic import Field, field_validator
 
 from . import __version__
+from .codecs import CODEC_EXTENSIONS, CONTENT_TYPES, EXTENSIONS
 from .config import DestinationOptions
 from .errors import PermanentError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
-from .pipeline import CODEC_EXTENSIONS, CONTENT_TYPES, EXTENSIONS
 from .ports import BatchSummary, ChunkRecord, Resource
 
 __all__ = [

@@ -24,10 +24,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from .circuit import CircuitOpenError
+from .chunker import Chunker, RawChunk
+from .codecs import compress, encode
 from .config import AppConfig, RouteConfig
-from .errors import DeliveryError, MessageError, PermanentError, SenderError, SourceError
-from .formats import RecordBlock, list_batch, read_records
+from .errors import (
+    BadRecordPolicyFailed,
+    BatchBusy,
+    CircuitOpenError,
+    DeadLetterUnavailable,
+    DeliveryError,
+    FinishFailed,
+    MessageError,
+    PermanentError,
+    SenderError,
+    SourceError,
+)
 from .hooks import Hooks
 from .log import get_logger
 from .model import (
@@ -40,8 +51,9 @@ from .model import (
     chunk_sort_key,
     idempotency_key,
 )
-from .pipeline import Chunker, Projection, RawChunk, compress, encode
 from .ports import BatchRecord, BatchSummary, ChunkRecord, Ledger, RouteStats, Source
+from .projection import Projection
+from .readers import RecordBlock, list_batch, read_records
 from .targets import Target
 
 __all__ = [
@@ -62,22 +74,6 @@ _REJECTS_PER_FILE = 1000
 # its records are counted through its pieces' rows ("7.0", "7.1.0"...). Parentheses keep it
 # apart from destination names (a bare TOML key cannot hold them).
 SPLIT_TARGET = "(split)"
-
-
-class DeadLetterUnavailable(SenderError):
-    """Every target and the dead-letter store failed for a chunk: the batch must stop."""
-
-
-class FinishFailed(SenderError):
-    """A destination could not write its end-of-batch marker (manifest, _SUCCESS)."""
-
-
-class BatchBusy(SenderError):
-    """Another process (a daemon replica, a replay) holds the batch's lease."""
-
-
-class BadRecordPolicyFailed(SourceError):
-    """``on_bad_record = "fail"`` met a bad record."""
 
 
 def _pid_namespace() -> str:

@@ -21,15 +21,21 @@ __all__ = [
     "BatchFinisher",
     "BatchRecord",
     "BatchSummary",
+    "Checkable",
     "ChunkRecord",
     "Destination",
     "Envelope",
     "InboxMessage",
     "InboxOutcome",
     "Ledger",
+    "LedgerBound",
+    "LocalFiles",
+    "PendingCount",
+    "Purgeable",
     "Resource",
     "RouteStats",
     "Source",
+    "TokenAccepting",
     "Trigger",
 ]
 
@@ -114,6 +120,59 @@ class BatchFinisher(Protocol):
     keep the batch incomplete (it is finished again on the next run)."""
 
     async def finish_batch(self, summary: BatchSummary) -> None: ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """Optional for a destination: ``check()`` raises ``DeliveryError`` unless the
+    destination can take chunks now (a dead-letter folder is writable); ``/readyz`` asks it
+    of every dead-letter store."""
+
+    async def check(self) -> None: ...
+
+
+@runtime_checkable
+class Purgeable(Protocol):
+    """Optional for a destination used as a dead-letter store: ``purge(location)`` deletes
+    one stored dead letter (and its metadata) by the location its ``deliver`` returned;
+    True when something was deleted. ``sender dead-letters --purge`` goes through it."""
+
+    async def purge(self, location: str) -> bool: ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """Optional for a source: the object is a file on this machine at ``local_path(obj)``,
+    so readers may open it directly (memory-mapped Parquet) instead of streaming it."""
+
+    def local_path(self, obj: ObjectInfo) -> str: ...
+
+
+@runtime_checkable
+class LedgerBound(Protocol):
+    """Optional for a trigger: ``bind(ledger, daemon)`` is called once, right after
+    construction, where triggers are wired. Inside the daemon ``ledger`` is the app's opened
+    ledger; in ``sender trigger`` it is None. The ``http`` trigger keeps its inbox in the
+    ledger and learns ``daemon.listen`` / ``daemon.token`` this way."""
+
+    def bind(self, ledger: Any, daemon: Any) -> None: ...
+
+
+@runtime_checkable
+class TokenAccepting(Protocol):
+    """Optional for a trigger: a bearer token ``POST /v1/batches`` also accepts (besides
+    ``daemon.token``; either one will do), e.g. a Pub/Sub push subscription's."""
+
+    @property
+    def accept_token(self) -> str | None: ...
+
+
+@runtime_checkable
+class PendingCount(Protocol):
+    """Optional for a trigger: messages waiting, so ``sender run --burst`` knows when the
+    queue is empty."""
+
+    async def pending(self) -> int: ...
 
 
 @runtime_checkable

@@ -44,13 +44,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 import zstandard
 
+from .chunker import RawChunk
+from .codecs import encode
 from .engine import SPLIT_TARGET
-from .errors import ConfigError, DeliveryError, SenderError, SourceError
-from .formats import list_batch
+from .errors import (
+    ConfigError,
+    DeliveryError,
+    ReplayRefused,
+    SelectionError,
+    SenderError,
+    SourceError,
+)
 from .log import get_logger
 from .model import ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage, chunk_sort_key
-from .pipeline import RawChunk, encode
 from .ports import BatchRecord, ChunkRecord, RouteStats
+from .readers import list_batch
 from .targets import Target
 from .units import Rate
 
@@ -77,16 +85,6 @@ __all__ = [
 log = get_logger("sender.replay")
 
 Mode = Literal["dead-lettered", "all", "chunks"]
-
-
-class SelectionError(SenderError):
-    """The selectors name something that is not there (batch, route, chunk, target)."""
-
-    exit_code = 2
-
-
-class ReplayRefused(SenderError):
-    """The replay would not be safe: a daemon holds the batch, or its source changed."""
 
 
 def who_am_i() -> str:

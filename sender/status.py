@@ -18,8 +18,8 @@ from rich.text import Text
 from .engine import SPLIT_TARGET
 from .model import BatchState, ChunkState
 from .ports import BatchRecord, ChunkRecord, RouteStats
+from .serialize import duration_s
 from .units import format_size, parse_duration
-from .views import duration_s
 
 __all__ = [
     "batch_detail",

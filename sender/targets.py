@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import metrics
-from .circuit import CircuitBreaker, CircuitOpenError, CircuitState
+from .circuit import CircuitBreaker, CircuitState
 from .concurrency import AIMDController, Limiter
 from .config import DestinationOptions
-from .errors import DeliveryError, PermanentError, RetryableError
+from .errors import CircuitOpenError, DeliveryError, PermanentError, RetryableError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
 from .ports import Destination

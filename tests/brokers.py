@@ -32,11 +32,11 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.sqlite import SqliteLedger
 from sender.config import load_config
 from sender.daemon import Daemon, open_daemon
 from sender.model import BatchState, TriggerMessage, idempotency_key
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.sqlite import SqliteLedger
 from tests.batches import write_batch
 
 __all__ = [

@@ -36,9 +36,9 @@ from urllib.parse import quote, urlsplit
 import orjson
 import pytest
 
+from sender.chunker import RawChunk
 from sender.engine import encode_chunk
 from sender.model import ChunkState, EncodedChunk
-from sender.pipeline import RawChunk
 from sender.ports import BatchSummary, ChunkRecord
 from tests.batches import prediction
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sender.config import AppConfig, load_config
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
 
 
 @pytest.fixture

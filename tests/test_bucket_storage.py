@@ -21,16 +21,16 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters._drop import ReadAhead
-from adapters.gcs import GcsDestination, GcsSource
-from adapters.s3 import S3Destination, S3Source
 from sender.app import App
 from sender.config import AppConfig
 from sender.drop import MANIFEST_NAME, SUCCESS_NAME
 from sender.errors import ConfigError, PermanentError, RetryableError, SourceError
-from sender.formats import list_batch, read_records
 from sender.model import BatchState, ObjectInfo, TriggerMessage
-from sender.receiver import Receiver
+from sender.readers import list_batch, read_records
+from sender.testing.receiver import Receiver
+from sender_adapters._readahead import ReadAhead
+from sender_adapters.gcs import GcsDestination, GcsSource
+from sender_adapters.s3 import S3Destination, S3Source
 from tests.batches import prediction, write_batch
 from tests.cloud import (
     Bucket,

@@ -16,7 +16,7 @@ import pytest
 from sender.app import App
 from sender.config import load_config
 from sender.model import TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
 from tests.batches import write_batch
 
 SENDER = str(Path(sys.executable).with_name("sender"))

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.memory import MemoryEnvelope, MemoryTrigger
 from sender.app import App
 from sender.config import load_config
 from sender.daemon import Daemon, open_daemon, serve
 from sender.errors import TriggerError
 from sender.model import BatchState, TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.memory import MemoryEnvelope, MemoryTrigger
 from tests.brokers import (
     DaemonProcess,
     chunk_keys,

@@ -13,7 +13,7 @@ from sender.app import App
 from sender.config import AppConfig
 from sender.hooks import Hooks
 from sender.model import BatchState, ChunkState, TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
 from tests.batches import prediction, write_batch
 
 FAST_RETRY = '{ attempts = 3, initial = "5ms", max = "20ms", budget = "5s" }'

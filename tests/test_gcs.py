@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from google.api_core import exceptions as api_exceptions
 
-from adapters.gcs import GcsDestination, GcsSource, describe_gcs_error
 from sender.config import load_config
 from sender.drop import MANIFEST_NAME, SUCCESS_NAME
 from sender.errors import SourceError
 from sender.model import ObjectInfo
+from sender_adapters.gcs import GcsDestination, GcsSource, describe_gcs_error
 from tests.cloud import GcsBucket, GcsServer, bucket_name, make_chunk, summary_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

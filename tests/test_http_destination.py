@@ -22,13 +22,13 @@ import zstandard
 from multidict import CIMultiDict
 from pydantic import ValidationError
 
-from adapters.http import HttpDestination, classify_response, parse_retry_after, sign
 from sender import __version__
 from sender.errors import PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt, idempotency_key
 from sender.ports import Destination
-from sender.receiver import Receiver
 from sender.registry import adapter_class
+from sender.testing.receiver import Receiver
+from sender_adapters.http import HttpDestination, classify_response, parse_retry_after, sign
 
 RECORDS = [
     {"id": "c-1", "score": "0.91", "model": "churn-v3"},

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import MemoryLedger
-from adapters.sqlite import MIGRATIONS, SqliteLedger
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo
 from sender.ports import RouteStats
 from sender.testing import LedgerContract, make_chunk, make_message
+from sender_adapters.memory import MemoryLedger
+from sender_adapters.sqlite import MIGRATIONS, SqliteLedger
 
 
 @pytest.fixture(params=["sqlite", "memory"])

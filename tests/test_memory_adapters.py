@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
-from adapters.memory import MemoryDestination, MemoryEnvelope, MemorySource, MemoryTrigger
 from sender.config import DestinationOptions
 from sender.errors import PermanentError, RetryableError, SourceError, TriggerError
 from sender.model import EncodedChunk, ObjectInfo, TriggerMessage, parse_trigger_message
 from sender.ports import Destination, Envelope, Source, Trigger
+from sender_adapters.memory import MemoryDestination, MemoryEnvelope, MemorySource, MemoryTrigger
 
 
 def chunk(chunk_id: str = "0", *, fmt: str = "ndjson", codec: str = "none") -> EncodedChunk:

@@ -14,8 +14,6 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.http import HttpDestination
-from adapters.memory import MemoryLedger
 from sender import __version__, metrics
 from sender.app import App
 from sender.config import AppConfig
@@ -25,7 +23,9 @@ from sender.hooks import MultiHooks
 from sender.metrics import MeteredLedger, MetricsHooks, status_class
 from sender.model import BatchState, EncodedChunk, Receipt, TriggerMessage
 from sender.ports import Ledger
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.http import HttpDestination
+from sender_adapters.memory import MemoryLedger
 from tests.batches import write_batch
 
 FAST_RETRY = '{ attempts = 2, initial = "5ms", max = "10ms", budget = "5s" }'

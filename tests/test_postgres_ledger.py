@@ -24,13 +24,13 @@ import asyncpg
 import orjson
 import pytest
 
-from adapters.postgres import MIGRATIONS, PostgresLedger
 from sender.app import App, open_ledger
 from sender.config import AppConfig
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, TriggerMessage
-from sender.receiver import Receiver
 from sender.testing import LedgerContract, make_chunk, make_message
+from sender.testing.receiver import Receiver
+from sender_adapters.postgres import MIGRATIONS, PostgresLedger
 from tests.batches import write_batch
 
 ADMIN_DSN = os.environ.get("SENDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

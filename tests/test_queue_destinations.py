@@ -17,13 +17,13 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from adapters.amqp_sink import AmqpDestination
-from adapters.sqs_sink import SqsDestination, describe_sqs_error, message_request
 from sender.app import App
 from sender.config import AppConfig
 from sender.engine import BatchOutcome
 from sender.errors import PermanentError, RetryableError
 from sender.model import BatchState, EncodedChunk, TriggerMessage, idempotency_key
+from sender_adapters.amqp_sink import AmqpDestination
+from sender_adapters.sqs_sink import SqsDestination, describe_sqs_error, message_request
 from tests.batches import write_batch
 from tests.brokers import AMQP_URL, SqsQueue
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.sqlite import SqliteLedger
 from sender.cli import amain
 from sender.model import ChunkState
 from sender.ports import ChunkRecord
-from sender.receiver import ReceivedRequest, Receiver
 from sender.replay import Selection, parse_chunk_ids, select_chunks, who_am_i
+from sender.testing.receiver import ReceivedRequest, Receiver
+from sender_adapters.sqlite import SqliteLedger
 from tests.batches import write_batch
 
 FAST_RETRY = '{ attempts = 2, initial = "5ms", max = "10ms", budget = "5s" }'

@@ -15,18 +15,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.memory import MemoryDestination
 from sender.app import App
-from sender.circuit import CircuitBreaker, CircuitOpenError, CircuitState
+from sender.circuit import CircuitBreaker, CircuitState
 from sender.concurrency import AIMDController, Limiter
 from sender.config import AppConfig, CircuitConfig, DestinationOptions
-from sender.engine import _OWNER_TAG, BatchBusy
-from sender.errors import PermanentError, RetryableError
+from sender.engine import _OWNER_TAG
+from sender.errors import BatchBusy, CircuitOpenError, PermanentError, RetryableError
 from sender.model import EncodedChunk, TriggerMessage
 from sender.ratelimit import Pause, RateLimiter, TokenBucket
-from sender.receiver import Receiver
 from sender.targets import Target, is_push_back
+from sender.testing.receiver import Receiver
 from sender.units import parse_rate
+from sender_adapters.memory import MemoryDestination
 from tests.batches import write_batch
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from adapters.s3 import S3Source, describe_s3_error
 from sender.errors import SourceError
+from sender_adapters.s3 import S3Source, describe_s3_error
 from tests.cloud import MotoServer, S3Bucket, bucket_name
 
 

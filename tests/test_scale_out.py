@@ -21,15 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from adapters.postgres import PostgresLedger
 from sender.model import BatchState, TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.postgres import PostgresLedger
 from tests.brokers import AMQP_URL, DaemonProcess, chunk_keys, churn_batch, free_port
 from tests.test_postgres_ledger import create_database, drop_database
 
 pytestmark = [
     pytest.mark.skipif(
-        importlib.util.find_spec("adapters.amqp") is None, reason="the amqp trigger is missing"
+        importlib.util.find_spec("sender_adapters.amqp") is None,
+        reason="the amqp trigger is missing",
     ),
     pytest.mark.slow,
 ]
@@ -109,7 +110,7 @@ def replica_config(folder: Path, *, ledger: str, queue: str, receiver: Receiver)
 
 async def publish(queue: str, messages: list[TriggerMessage]) -> None:
     """Put trigger messages on the queue the way ``sender trigger`` does."""
-    from adapters.amqp import AmqpTrigger
+    from sender_adapters.amqp import AmqpTrigger
 
     trigger = AmqpTrigger(AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=queue))
     try:

@@ -10,11 +10,11 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from adapters.amqp import AmqpTrigger
 from sender.config import load_config
 from sender.daemon import open_trigger
 from sender.model import TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.amqp import AmqpTrigger
 from tests.brokers import (
     AMQP_URL,
     DaemonProcess,

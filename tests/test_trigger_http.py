@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from adapters.http_trigger import HttpTrigger
-from adapters.sqlite import SqliteLedger
 from sender.config import load_config
 from sender.daemon import Daemon, open_trigger
 from sender.model import TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.http_trigger import HttpTrigger
+from sender_adapters.sqlite import SqliteLedger
 from tests.brokers import (
     DaemonProcess,
     chunk_keys,

@@ -8,7 +8,7 @@ from pathlib import Path
 from sender.config import load_config
 from sender.daemon import open_trigger
 from sender.model import TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
 from tests.brokers import (
     DaemonProcess,
     chunk_keys,

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from adapters.sqs import SqsTrigger
 from sender.model import TriggerMessage
-from sender.receiver import Receiver
+from sender.testing.receiver import Receiver
+from sender_adapters.sqs import SqsTrigger
 from tests.brokers import (
     DaemonProcess,
     SqsQueue,

@@ -28,7 +28,7 @@ import orjson
 from sender.engine import SPLIT_TARGET
 from sender.model import BatchState, ChunkState
 from sender.ports import ChunkRecord, Ledger
-from sender.receiver import Receiver, decode_body, parse_records
+from sender.testing.receiver import Receiver, decode_body, parse_records
 
 __all__ = ["Figures", "audit", "dead_letter_records", "record", "recorded"]
 

@@ -1,6 +1,6 @@
 """A receiver that misbehaves at random, seeded: the other team's platform on a bad day.
 
-It is ``sender.receiver.Receiver`` (real aiohttp on loopback, records every request) plus a
+It is ``sender.testing.receiver.Receiver`` (real aiohttp on loopback, records every request) plus a
 draw per request, in arrival order, from a seeded generator:
 
 =================  ================================================================  ========
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from sender.receiver import ReceivedRequest, Receiver
+from sender.testing.receiver import ReceivedRequest, Receiver
 
 __all__ = ["DEFAULT_FAULTS", "ChaosReceiver"]
 

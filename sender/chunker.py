@@ -1,25 +1,16 @@
-"""From records to chunks: projection, deterministic chunking, encoding and compression.
+"""Deterministic chunking: records as NDJSON lines, cut by record count and NDJSON bytes.
 
-Records travel as NDJSON lines. A route projects them (``fields``), cuts them into chunks by
-record count and by bytes of their NDJSON form, and each target encodes and compresses a
-chunk in its own format and codec. The cut depends only on the batch and the route config, so
-a resume or a replay re-creates the same chunks, payloads and idempotency keys.
+Records travel as NDJSON lines (a list, or one ``Lines`` buffer on the fast path). A route
+cuts them into chunks whose bounds depend only on the records and the route config, so a
+resume or a replay re-creates the same chunks, payloads and idempotency keys.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
-
-import orjson
-import zstandard
-
-from .model import BadRecord
 
 _np: Any
 try:  # vectorised newline counts: ~8x faster than bytes.count, which scans a byte at a time
@@ -27,24 +18,7 @@ try:  # vectorised newline counts: ~8x faster than bytes.count, which scans a by
 except ImportError:  # pragma: no cover - then bytes.count does it, slower
     _np = None
 
-__all__ = [
-    "CONTENT_TYPES",
-    "Chunker",
-    "Lines",
-    "Projection",
-    "RawChunk",
-    "compress",
-    "encode",
-]
-
-CONTENT_TYPES = {
-    "ndjson": "application/x-ndjson",
-    "json": "application/json",
-    "csv": "text/csv; charset=utf-8",
-}
-EXTENSIONS = {"ndjson": ".ndjson", "json": ".json", "csv": ".csv"}
-CODEC_EXTENSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst"}
-DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+__all__ = ["Chunker", "Lines", "RawChunk", "count_newlines", "framed", "lines_size"]
 
 
 _scratch = threading.local()
@@ -286,146 +260,3 @@ class Chunker:
         chunk = self._cut(Lines(data, self._count), len(data))  # type: ignore[arg-type]
         self._parts, self._count, self._size = [], 0, 0
         return chunk
-
-
-def _compile(fields: Mapping[str, str]) -> Callable[[Any], bytes]:
-    """``fields`` as one generated function ``record -> NDJSON line``.
-
-    The same result as walking each dotted path with ``dict.get`` (a missing key, or a
-    part that is not an object, gives ``null``), but with the walk unrolled into straight
-    code, shared prefixes looked up once and the output built as a dict literal: per record
-    that is a third of the work of a generic loop, and per record is where the time goes.
-    """
-    code = ["def project(record):", "    get = record.get"]
-    known: dict[tuple[str, ...], str] = {}
-
-    def local(parts: tuple[str, ...]) -> str:
-        """The name of a local holding the value at ``parts`` (emitting its lookup)."""
-        if parts in known:
-            return known[parts]
-        if len(parts) == 1:
-            name = f"v{len(known)}"
-            code.append(f"    {name} = get({parts[0]!r})")
-        else:
-            parent = local(parts[:-1])
-            name = f"v{len(known)}"
-            code.append(
-                f"    {name} = {parent}.get({parts[-1]!r}) if type({parent}) is dict else None"
-            )
-        known[parts] = name
-        return name
-
-    items = [f"{output!r}: {local(tuple(path.split('.')))}" for output, path in fields.items()]
-    code.append(f"    return dumps({{{', '.join(items)}}})")
-    namespace: dict[str, Any] = {"dumps": orjson.dumps, "dict": dict}
-    exec("\n".join(code), namespace)  # names and paths enter only as repr() literals
-    project: Callable[[Any], bytes] = namespace["project"]
-    return project
-
-
-class Projection:
-    """``fields`` of a route: ``{output: input}``; dotted inputs reach into nested objects and
-    missing inputs give ``null``, so every output record has the same keys in the same order."""
-
-    def __init__(self, fields: Mapping[str, str]) -> None:
-        self.fields = dict(fields)
-        self._project = _compile(self.fields)
-
-    def apply(
-        self, lines: Sequence[bytes], name: str = ""
-    ) -> tuple[Sequence[bytes], list[BadRecord]]:
-        """The projected records and the bad ones. A ``Lines`` buffer gives a ``Lines``
-        buffer: one allocation that lives as long as its chunk, instead of an object per
-        record scattered among the parser's short-lived ones, which would keep whole
-        arenas of memory alive (peak memory doubled without this)."""
-        out, bad = self._apply(lines, name)
-        return (Lines.of(out) if isinstance(lines, Lines) else out), bad
-
-    def _apply(self, lines: Sequence[bytes], name: str) -> tuple[list[bytes], list[BadRecord]]:
-        project, loads = self._project, orjson.loads
-        try:
-            # the whole block in one comprehension: no per-record try or branch
-            return [project(loads(line)) for line in lines], []
-        except (orjson.JSONDecodeError, AttributeError):  # a bad line, or a line not an object
-            pass
-        out: list[bytes] = []
-        bad: list[BadRecord] = []
-        for line in lines:
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError as exc:
-                bad.append(BadRecord(line, f"invalid JSON: {exc}", name))
-                continue
-            if not isinstance(record, dict):
-                bad.append(BadRecord(line, "not a JSON object", name))
-                continue
-            out.append(project(record))
-        return out, bad
-
-
-def _csv_cell(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
-    if value is None:
-        return ""
-    if isinstance(value, bool):  # JSON's spelling, not Python's "True"
-        return "true" if value else "false"
-    return value
-
-
-def _encode_csv(lines: Sequence[bytes], columns: Sequence[str] | None) -> bytes:
-    records = [orjson.loads(line) for line in lines]
-    if columns:
-        header = list(columns)
-    else:
-        # pass-through records need not share keys: every key of the chunk gets a column, in
-        # first-seen order, rather than dropping those the first record lacks
-        header = list(dict.fromkeys(key for record in records for key in record))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    for record in records:
-        writer.writerow([_csv_cell(record.get(column)) for column in header])
-    return out.getvalue().encode()
-
-
-def encode(lines: Sequence[bytes], format: str, columns: Sequence[str] | None = None) -> bytes:
-    """Lines in a chunk's wire format. NDJSON and JSON arrays are built without parsing:
-    a valid NDJSON line holds no raw newline, so joining is enough (and a ``Lines`` buffer
-    already is the NDJSON form)."""
-    if isinstance(lines, Lines) and format != "csv":
-        if format == "ndjson":
-            return lines.data
-        if format == "json":
-            return b"[" + lines.data[:-1].replace(b"\n", b",") + b"]" if lines else b"[]"
-    if format == "ndjson":
-        return b"\n".join(lines) + b"\n" if lines else b""
-    if format == "json":
-        return b"[" + b",".join(lines) + b"]"
-    if format == "csv":
-        return _encode_csv(lines, columns)
-    raise ValueError(f"unknown format {format!r}")
-
-
-_local = threading.local()
-
-
-def _zstd(level: int) -> zstandard.ZstdCompressor:
-    # a ZstdCompressor is not thread-safe (PITFALLS.md): one per thread and level
-    compressors: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("zstd", {})
-    compressor = compressors.get(level)
-    if compressor is None:
-        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
-    return compressor
-
-
-def compress(data: bytes, codec: str, level: int | None = None) -> bytes:
-    """``data`` compressed with ``codec`` (``none``, ``gzip``, ``zstd``). Deterministic: the
-    gzip header carries no time, so a resent chunk has the same bytes as the first."""
-    if codec == "none":
-        return data
-    if codec == "gzip":
-        return gzip.compress(data, compresslevel=level or DEFAULT_LEVELS["gzip"], mtime=0)
-    if codec == "zstd":
-        return _zstd(level or DEFAULT_LEVELS["zstd"]).compress(data)
-    raise ValueError(f"unknown codec {codec!r}")

@@ -15,7 +15,9 @@ import orjson
 import pytest
 import zstandard
 
-from sender.pipeline import Chunker, Projection, RawChunk, compress, encode
+from sender.chunker import Chunker, RawChunk
+from sender.codecs import compress, encode
+from sender.projection import Projection
 
 
 def lines_of(count: int, *, width: int = 0) -> list[bytes]:

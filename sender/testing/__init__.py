@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from .errors import LedgerError
-from .model import BatchState, ChunkState, ObjectInfo, TriggerMessage, idempotency_key
-from .ports import ChunkRecord, Ledger, RouteStats
+from ..errors import LedgerError
+from ..model import BatchState, ChunkState, ObjectInfo, TriggerMessage, idempotency_key
+from ..ports import ChunkRecord, Ledger, RouteStats
 
 __all__ = ["LedgerContract", "make_chunk", "make_message"]
 

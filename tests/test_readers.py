@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.local import LocalSource
 from sender.errors import SourceError
-from sender.formats import detect_format, list_batch, read_records
 from sender.model import BadRecord, ObjectInfo
 from sender.ports import Source
+from sender.readers import detect_format, list_batch, read_records
 from sender.streams import SeekableObject, StreamReader
+from sender_adapters.local import LocalSource
 
 # the smallest read size LocalSource allows: many pieces even for small files, so lines and
 # CSV rows straddle piece boundaries

@@ -26,7 +26,7 @@ Faults, checked in this order for every request (after its body was read):
 8. otherwise 200 with ``{"received": <records>}``
 
 ``recover()`` clears every fault. The module has no pytest dependency: ``python -m
-sender.receiver --port 8081 --fail-ratio 0.2`` runs one standalone.
+sender.testing.receiver --port 8081 --fail-ratio 0.2`` runs one standalone.
 """
 
 from __future__ import annotations
@@ -399,7 +399,8 @@ def _json_response(status: int, data: Any) -> web.Response:
 
 def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sender.receiver", description="A loopback HTTP receiver that records."
+        prog="python -m sender.testing.receiver",
+        description="A loopback HTTP receiver that records.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)

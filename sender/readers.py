@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .chunker import Lines, framed, lines_size
 from .errors import SourceError
 from .model import BadRecord, ObjectInfo
-from .pipeline import Lines, framed, lines_size
 from .ports import Source
 from .streams import SeekableObject, StreamReader
 
@@ -215,7 +215,7 @@ def _frame_buffer(data: bytes, name: str, first_line_no: int) -> tuple[RecordBlo
     """``_frame_check`` for whole lines in one buffer (ending with a newline), and the number
     of lines. When every newline sits between ``}`` and ``{`` (Spark's output: one object a
     line, no blank lines, no ``\\r``) the buffer is the block as it is: a few vectorised
-    passes (``pipeline.framed``) instead of an object per line."""
+    passes (``chunker.framed``) instead of an object per line."""
     count = framed(data)
     if count is not None:
         return RecordBlock(Lines(data, count)), count
