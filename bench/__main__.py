@@ -21,7 +21,7 @@ from rich.console import Console
 from .data import ensure
 from .harness import SCENARIOS, Result, run_scenario
 from .report import RESULTS_DIR, print_table, write_chart, write_json
-from .testing.receiver import Receiver
+from .receiver import Receiver
 
 
 def main() -> int:

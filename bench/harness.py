@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from .data import FIELDS, DataSet
-from .testing.receiver import Receiver
+from .receiver import Receiver
 
 __all__ = ["SCENARIOS", "Result", "run_scenario"]
 
