@@ -4,7 +4,7 @@ Environment:
     BENCH_LARGE=1        also the 2 GB data set (after the 100 MB one)
     BENCH_REPEAT=N       runs per scenario on the small set (default 3; the fastest is shown)
     BENCH_REPEAT_LARGE=N runs per scenario on the large set (default 1)
-    BENCH_SCENARIOS=a,b  only these (raw, passthrough, projection, parquet, faults, naive)
+    BENCH_SCENARIOS=a,b  only these (see harness.SCENARIOS; a ratio needs its ceiling too)
     BENCH_RECEIVER=aiohttp  use the aiohttp receiver even when nginx is installed
 """
 
@@ -20,8 +20,8 @@ from rich.console import Console
 
 from .data import ensure
 from .harness import SCENARIOS, Result, run_scenario
-from .report import RESULTS_DIR, print_table, write_chart, write_json
 from .receiver import Receiver
+from .report import RESULTS_DIR, print_table, write_chart, write_json
 
 
 def main() -> int:
