@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError
@@ -144,6 +145,26 @@ class DestinationOptions(Options):
     timeout_s: Duration = Field(30.0, alias="timeout", gt=0)
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compression_table(cls, data: Any) -> Any:
+        # `compression = { codec = "gzip", level = 1 }` is the same as `compression = "gzip"`
+        # plus `compression_level = 1`
+        if not isinstance(data, Mapping) or not isinstance(data.get("compression"), Mapping):
+            return data
+        table = dict(data["compression"])
+        unknown = sorted(set(table) - {"codec", "level"})
+        if unknown:
+            raise ValueError(f"compression: unknown keys {unknown} (codec, level)")
+        if "codec" not in table:
+            raise ValueError("compression: needs a codec (none, gzip, zstd)")
+        if "level" in table and data.get("compression_level") is not None:
+            raise ValueError("compression.level and compression_level: give one of them")
+        flat = {**data, "compression": table["codec"]}
+        if "level" in table:
+            flat["compression_level"] = table["level"]
+        return flat
 
     @field_validator("compression_level")
     @classmethod

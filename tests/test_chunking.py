@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from sender.chunker import Chunker, RawChunk
-from sender.codecs import compress, encode
+from sender.codecs import DEFAULT_LEVELS, compress, encode
 from sender.projection import Projection
 
 
@@ -235,7 +235,8 @@ def test_zstd_from_many_threads_at_once_gives_the_same_bytes() -> None:
     # one shared ZstdCompressor across threads crashes the process (PITFALLS.md)
     payloads = [encode(lines_of(200 + i), "ndjson") for i in range(64)]
     jobs = [(payload, level) for payload in payloads for level in (None, 1, 3)]
-    expected = [zstandard.ZstdCompressor(level=level or 3).compress(p) for p, level in jobs]
+    default = DEFAULT_LEVELS["zstd"]
+    expected = [zstandard.ZstdCompressor(level=level or default).compress(p) for p, level in jobs]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda job: compress(job[0], "zstd", job[1]), jobs * 4))
     assert results == expected * 4
