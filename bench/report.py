@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .harness import SCENARIOS, Result
+from .harness import CEILINGS, SCENARIOS, Result
 
 __all__ = ["RESULTS_DIR", "machine", "markdown_table", "print_table", "write_chart", "write_json"]
 
@@ -50,8 +50,9 @@ def _rows(results: Sequence[Result]) -> list[dict[str, Any]]:
     by_key = {(r.data_set, r.scenario): r for r in results}
     rows = []
     for r in results:
-        raw = by_key.get((r.data_set, "raw"))
         naive = by_key.get((r.data_set, "naive"))
+        ceiling_name, target = CEILINGS.get(r.scenario, (None, None))
+        ceiling = by_key.get((r.data_set, ceiling_name)) if ceiling_name else None
         rows.append(
             {
                 "data_set": r.data_set,
@@ -60,7 +61,9 @@ def _rows(results: Sequence[Result]) -> list[dict[str, Any]]:
                 "records_s": r.records_s,
                 "wire_ratio": r.wire_ratio,
                 "peak_rss_mib": r.peak_rss_mib,
-                "vs_raw": r.mb_s / raw.mb_s if raw else None,
+                "ceiling": SCENARIOS[ceiling_name] if ceiling else None,
+                "vs_ceiling": r.mb_s / ceiling.mb_s if ceiling else None,
+                "target": target if ceiling else None,
                 "vs_naive": r.mb_s / naive.mb_s if naive else None,
                 "naive_rss_share": r.peak_rss_mib / naive.peak_rss_mib if naive else None,
             }
@@ -72,39 +75,54 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    if row["target"] is None:
+        return ""
+    met = row["vs_ceiling"] >= row["target"]
+    return f"{'met' if met else 'MISSED'} (≥ {row['target']:.1f})"
+
+
+_COLUMNS = (
+    "set",
+    "scenario",
+    "MB/s",
+    "records/s",
+    "wire/read",
+    "peak RSS",
+    "vs its ceiling",
+    "target",
+    "vs naive",
+)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["data_set"],
+        row["scenario"],
+        f"{row['mb_s']:,.0f}",
+        f"{row['records_s']:,.0f}",
+        f"{row['wire_ratio']:.3f}",
+        f"{row['peak_rss_mib']:,.0f} MiB",
+        _ratio(row["vs_ceiling"]),
+        _verdict(row),
+        _ratio(row["vs_naive"]),
+    ]
+
+
 def print_table(results: Sequence[Result], receiver: str, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"integration-sender benchmark (receiver: {receiver})")
-    for column in ("set", "scenario", "MB/s", "records/s", "wire/read", "peak RSS", "vs raw"):
+    for column in _COLUMNS:
         table.add_column(column, justify="left" if column in ("set", "scenario") else "right")
-    table.add_column("vs naive", justify="right")
     for row in _rows(results):
-        table.add_row(
-            row["data_set"],
-            row["scenario"],
-            f"{row['mb_s']:,.0f}",
-            f"{row['records_s']:,.0f}",
-            f"{row['wire_ratio']:.3f}",
-            f"{row['peak_rss_mib']:,.0f} MiB",
-            _ratio(row["vs_raw"]),
-            _ratio(row["vs_naive"]),
-        )
+        table.add_row(*_cells(row))
     console.print(table)
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    head = (
-        "| set | scenario | MB/s | records/s | wire / read | peak RSS | vs raw | vs naive |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    )
-    body = "".join(
-        f"| {row['data_set']} | {row['scenario']} | {row['mb_s']:,.0f} | "
-        f"{row['records_s']:,.0f} | {row['wire_ratio']:.3f} | "
-        f"{row['peak_rss_mib']:,.0f} MiB | {_ratio(row['vs_raw'])} | "
-        f"{_ratio(row['vs_naive'])} |\n"
-        for row in _rows(results)
-    )
-    return head + body
+    head = "| " + " | ".join(_COLUMNS) + " |\n| --- | --- |" + " ---: |" * (len(_COLUMNS) - 2)
+    body = "".join("\n| " + " | ".join(_cells(row)) + " |" for row in _rows(results))
+    return head + body + "\n"
 
 
 def write_json(results: Sequence[Result], receiver: str, path: Path) -> None:
