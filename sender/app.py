@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from .config import AppConfig
 from .engine import Engine
 from .hooks import Hooks
-from .metrics import MeteredLedger
+from .metrics import MeteredLedger, Metrics
 from .ports import Ledger, Source
 from .registry import adapter_class
 from .targets import Target
@@ -34,16 +36,22 @@ class App:
     """Everything a run needs, opened from a config; close it with ``aclose()`` or ``async with``.
 
     Sources are opened lazily (a batch in ``gs://`` opens the GCS client on first use), so the
-    local demo never imports a cloud SDK.
+    local demo never imports a cloud SDK. ``metrics`` is what the targets and the ledger report
+    to; without one the app measures on a registry of its own that nobody serves.
     """
 
-    def __init__(self, config: AppConfig, *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, *, hooks: Hooks | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.hooks = hooks or Hooks()
+        self.metrics = metrics or Metrics(CollectorRegistry())
         self._stack = contextlib.AsyncExitStack()
         self._sources: dict[str, Source] = {}
         # counts LedgerErrors per operation in sender_ledger_errors_total
-        self.ledger: Ledger = MeteredLedger(open_ledger(config.daemon.ledger))
+        self.ledger: Ledger = MeteredLedger(
+            open_ledger(config.daemon.ledger), on_error=self.metrics.ledger_error
+        )
         self.targets: dict[str, Target] = {}  # filled on enter
         self.engine = Engine(config, self.ledger, self.targets, self.source_for, hooks=self.hooks)
 
@@ -53,7 +61,9 @@ class App:
             for name, section in self.config.destinations.items():
                 destination = section.cls(name, section.options)
                 self._stack.push_async_callback(destination.aclose)
-                self.targets[name] = Target(name, destination, section.options)
+                self.targets[name] = Target(
+                    name, destination, section.options, metrics=self.metrics
+                )
         except BaseException:
             await self._stack.aclose()
             raise

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .errors import MessageError, SenderError
 from .log import get_logger
@@ -64,8 +64,11 @@ class ControlServer:
         accept: Callable[[TriggerMessage], Awaitable[None]] | None = None,
         token: str | None = None,
         accept_token: str | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.ledger = ledger
+        # what GET /metrics serves: the registry the daemon's Metrics was built on
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.readiness = readiness
         self.accept = accept
         self.token = token
@@ -130,7 +133,7 @@ class ControlServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def _list_batches(self, request: web.Request) -> web.Response:

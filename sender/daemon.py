@@ -31,14 +31,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from prometheus_client import CollectorRegistry
+
 from .app import App
 from .config import AppConfig
 from .control import ControlServer
 from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .hooks import Hooks, MultiHooks
 from .log import get_logger
-from .metrics import MetricsHooks
+from .metrics import Metrics
 from .model import BatchState, TriggerMessage, parse_trigger_message
 from .ports import Envelope, Ledger, Trigger
 from .systemd import SystemdNotifier
@@ -91,6 +92,7 @@ class Daemon:
 
     def __init__(self, app: App, trigger: Trigger, *, burst: bool = False) -> None:
         self.app = app
+        self.metrics = app.metrics
         self.config = app.config
         self.trigger = trigger
         self.burst = burst
@@ -323,7 +325,7 @@ class Daemon:
     async def _handle(self, envelope: Envelope) -> None:
         """One message, holding the slot it was taken with: a batch keeps it until it ends;
         an invalid message or a duplicate gives it back at once."""
-        metrics.trigger_message("received")
+        self.metrics.trigger_message("received")
         try:
             try:
                 message = parse_trigger_message(envelope.body)
@@ -342,7 +344,7 @@ class Daemon:
                 # checked and registered with no await in between: two copies taken at once
                 # cannot both start the batch
                 running.envelopes.append(envelope)
-                metrics.trigger_message("duplicate")
+                self.metrics.trigger_message("duplicate")
                 log.info(
                     "trigger.duplicate_in_flight",
                     batch_id=message.batch_id,
@@ -444,7 +446,7 @@ class Daemon:
                 "trigger.settle_failed", message_id=envelope.message_id, verb=verb, error=str(exc)
             )
         if ok:
-            metrics.trigger_message(_SETTLED[verb])
+            self.metrics.trigger_message(_SETTLED[verb])
         async with self._settled_changed:
             self.settled.append(Settlement(envelope.message_id, batch_id, verb, ok))
             self.settled_total += 1
@@ -469,10 +471,12 @@ async def open_daemon(
 ) -> AsyncIterator[Daemon]:
     """The app, trigger, control server and daemon of ``config``, closed in reverse order on
     exit. ``daemon.control.port`` is the control server's port (useful with ``:0``)."""
-    # every daemon exports its metrics (/metrics) from the engine's hooks
-    hooks = MultiHooks([MetricsHooks(), hooks]) if hooks is not None else MetricsHooks()
+    # every daemon exports its metrics (/metrics), on a registry of its own, from the engine's
+    # hooks and its targets
+    metrics = Metrics(CollectorRegistry())
+    engine_hooks = MultiHooks([metrics.hooks(), hooks]) if hooks is not None else metrics.hooks()
     async with contextlib.AsyncExitStack() as stack:
-        app = await stack.enter_async_context(App(config, hooks=hooks))
+        app = await stack.enter_async_context(App(config, hooks=engine_hooks, metrics=metrics))
         trigger = open_trigger(config, app.ledger)
         stack.push_async_callback(trigger.aclose)
         daemon = Daemon(app, trigger, burst=burst)
@@ -483,6 +487,7 @@ async def open_daemon(
             accept=daemon.accept,
             token=token,
             accept_token=getattr(trigger, "accept_token", None),
+            registry=metrics.registry,
         )
         stack.push_async_callback(control.stop)
         try:
