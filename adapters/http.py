@@ -154,7 +154,7 @@ def classify_response(
         retry_after = parse_retry_after(headers.get("Retry-After"), now=current)
         if retry_after is None and status == 429:
             retry_after = _rate_limit_reset(headers, current)
-        return RetryableError(detail, retry_after=retry_after)
+        return RetryableError(detail, status=status, retry_after=retry_after)
     if 300 <= status < 400:
         location = headers.get("Location")
         if location:
@@ -361,7 +361,11 @@ class HttpDestination(Resource):
             except aiohttp.InvalidURL as exc:  # retrying cannot fix the address
                 raise PermanentError(f"invalid URL {self._location}") from exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise RetryableError(_describe_client_error(exc, self.options.timeout_s)) from exc
+                # a receiver too slow to answer in time is pushing back as surely as a 429
+                raise RetryableError(
+                    _describe_client_error(exc, self.options.timeout_s),
+                    push_back=isinstance(exc, TimeoutError),
+                ) from exc
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome

@@ -574,7 +574,7 @@ async def _dispatch(
         return EXIT_USAGE
     except SenderError as exc:
         err.print(f"error: {mask(str(exc))}", style="red", markup=False)
-        return int(getattr(exc, "exit_code", EXIT_INCOMPLETE))
+        return exc.exit_code
 
 
 async def amain(argv: Sequence[str]) -> int:

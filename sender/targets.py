@@ -24,42 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
 from .circuit import CircuitBreaker, CircuitState
 from .concurrency import AIMDController, Limiter
 from .config import DestinationOptions
 from .errors import CircuitOpenError, DeliveryError, PermanentError, RetryableError
 from .log import get_logger
+from .metrics import Metrics
 from .model import EncodedChunk, Receipt
 from .ports import Destination
 from .ratelimit import Pause, RateLimiter
 from .retry import RetryEvent, RetryPolicy, is_testing
 
-__all__ = ["Delivered", "Target", "is_push_back"]
+__all__ = ["Delivered", "Target"]
 
 log = get_logger("sender.targets")
-
-# "HTTP 429: ..." / "HTTP 503" as the HTTP destination words it; "timeout after 30s"
-_PUSH_BACK_STATUS = re.compile(r"^HTTP (429|503)\b")
-
-
-def is_push_back(error: RetryableError) -> bool:
-    """Whether a failure says "you are sending too much": 429, 503, a timeout, or any answer
-    that said when to come back (``Retry-After``, ``RateLimit-Reset``). A 500 or a reset
-    connection says nothing about load."""
-    if error.retry_after is not None:
-        return True
-    status = getattr(error, "status", None)
-    if isinstance(status, int):
-        return status in (429, 503)
-    reason = error.reason or ""
-    return bool(_PUSH_BACK_STATUS.match(reason)) or reason.startswith("timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +67,8 @@ class Target:
 
     ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests. ``concurrency`` is
     the fixed limit, or the ceiling when adaptive; ``limiter.limit`` is the limit now.
+    ``metrics`` (built at wiring) is told of every attempt, retry, wait and state change;
+    without it nothing is measured.
     """
 
     def __init__(
@@ -94,8 +79,10 @@ class Target:
         *,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
         self.destination = destination
         self.options = options
         self.format: str = options.format
@@ -113,7 +100,7 @@ class Target:
                 ceiling=self.concurrency,
                 target=name,
                 clock=self._clock,
-                on_change=lambda old, new, reason: metrics.concurrency(name, new),
+                on_change=lambda old, new, reason: self._concurrency_changed(new),
             )
             if self.adaptive
             else None
@@ -121,8 +108,8 @@ class Target:
         self.circuit = CircuitBreaker(
             name, options.circuit, clock=self._clock, on_change=self._circuit_changed
         )
-        metrics.concurrency(name, self.limiter.limit)
-        metrics.breaker_state(name, CircuitState.CLOSED.value)
+        self._concurrency_changed(self.limiter.limit)
+        self._circuit_changed(name, CircuitState.CLOSED, CircuitState.CLOSED)
         self.rate_limiter: RateLimiter | None = (
             RateLimiter(options.rate_limit, clock=self._clock, sleep=self._sleep)
             if options.rate_limit is not None
@@ -201,7 +188,8 @@ class Target:
                 if self.rate_limiter is not None:
                     waited = await self.rate_limiter.acquire(chunk.records)
                     if waited > 0:
-                        metrics.rate_limit_wait(self.name, waited)
+                        if self.metrics is not None:
+                            self.metrics.rate_limit_wait(self.name, waited)
                         log.debug(
                             "ratelimit.wait",
                             target=self.name,
@@ -215,9 +203,7 @@ class Target:
                 attempts += 1
                 sent = clock()
                 try:
-                    receipt = await metrics.timed_delivery(
-                        self.name, self.destination.deliver(chunk)
-                    )
+                    receipt = await self._deliver(chunk)
                 except RetryableError as exc:
                     self._pushed_back(exc, log_fields)
                     if probe:  # a probe gets one attempt: the circuit decides, not retries
@@ -230,7 +216,8 @@ class Target:
                 return receipt
 
         def on_retry(event: RetryEvent) -> None:
-            metrics.retry(self.name)
+            if self.metrics is not None:
+                self.metrics.retry(self.name)
             log.info(
                 "chunk.retry",
                 target=self.name,
@@ -265,8 +252,18 @@ class Target:
         self.circuit.record_success(probe)
         return Delivered(result.value, result.attempts)
 
+    async def _deliver(self, chunk: EncodedChunk) -> Receipt:
+        if self.metrics is None:
+            return await self.destination.deliver(chunk)
+        return await self.metrics.timed_delivery(self.name, self.destination.deliver(chunk))
+
     def _circuit_changed(self, name: str, old: CircuitState, new: CircuitState) -> None:
-        metrics.breaker_state(name, new.value)
+        if self.metrics is not None:
+            self.metrics.breaker_state(name, new.value)
+
+    def _concurrency_changed(self, limit: int) -> None:
+        if self.metrics is not None:
+            self.metrics.concurrency(self.name, limit)
 
     async def _wait_pause(self, budget_left_s: float, log_fields: dict[str, Any]) -> None:
         remaining = self.pause.remaining()
@@ -296,8 +293,9 @@ class Target:
                 **log_fields,
             )
         # a failed request's round trip (a reset, a timeout, a quick 500) is no measure of
-        # the receiver's latency: only its push-back counts
-        self._observe(None, pushed_back=is_push_back(error))
+        # the receiver's latency: only its push-back counts (a field the destination sets:
+        # 429, 503, a timeout, any answer that said when to come back)
+        self._observe(None, pushed_back=error.push_back)
 
     def _observe(self, rtt_s: float | None, *, pushed_back: bool) -> None:
         if self.aimd is not None:

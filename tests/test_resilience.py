@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from sender.app import App
@@ -21,9 +22,10 @@ from sender.concurrency import AIMDController, Limiter
 from sender.config import AppConfig, CircuitConfig, DestinationOptions
 from sender.engine import _OWNER_TAG
 from sender.errors import BatchBusy, CircuitOpenError, PermanentError, RetryableError
-from sender.model import EncodedChunk, TriggerMessage
+from sender.metrics import Metrics
+from sender.model import EncodedChunk, Receipt, TriggerMessage
 from sender.ratelimit import Pause, RateLimiter, TokenBucket
-from sender.targets import Target, is_push_back
+from sender.targets import Target
 from sender.testing.receiver import Receiver
 from sender.units import parse_rate
 from sender_adapters.memory import MemoryDestination
@@ -381,13 +383,89 @@ async def test_aimd_stays_between_floor_and_ceiling(time_: FakeTime) -> None:
     assert controller.limit == 1
 
 
-def test_push_back_is_429_503_timeouts_and_retry_after() -> None:
-    assert is_push_back(RetryableError("HTTP 429"))
-    assert is_push_back(RetryableError("HTTP 503: busy"))
-    assert is_push_back(RetryableError("timeout after 30s"))
-    assert is_push_back(RetryableError("HTTP 500", retry_after=3))
-    assert not is_push_back(RetryableError("HTTP 500: oops"))
-    assert not is_push_back(RetryableError("connection error: connection reset by peer"))
+# -- a third-party destination: its own words, the facts in the fields -------------------------
+
+
+class _PartnerApi:
+    """A destination as a team outside writes it: messages in its own words (no "HTTP 429",
+    no "timeout"), the status and push-back in the error's fields."""
+
+    formats = frozenset({"ndjson"})
+    codecs = frozenset({"none"})
+
+    def __init__(self, errors: list[RetryableError]) -> None:
+        self.name = "partner"
+        self.errors = errors
+        self.calls = 0
+
+    async def deliver(self, chunk: EncodedChunk) -> Receipt:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return Receipt("partner://accepted", status=202)
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        RetryableError("Bitte langsamer senden", status=429),
+        RetryableError("the partner gateway gave up waiting", push_back=True),
+        RetryableError("quota reached, come back later", retry_after=0.5),
+    ],
+    ids=["status-429", "push-back", "retry-after"],
+)
+async def test_a_third_party_push_back_cuts_adaptive_concurrency_and_is_labelled(
+    time_: FakeTime, refusal: RetryableError
+) -> None:
+    metrics = Metrics(CollectorRegistry())
+    partner = _PartnerApi([refusal])
+    options = DestinationOptions.model_validate(
+        {
+            "type": "memory",
+            "concurrency": "adaptive",
+            "max_concurrency": 16,
+            "retry": {"attempts": 2, "initial": "1s", "max": "1s", "budget": "1m"},
+        }
+    )
+    api = Target("partner", partner, options, clock=time_.clock, sleep=time_.sleep, metrics=metrics)
+    api.limiter.resize(8)  # as if it had earned 8 in flight
+
+    delivered = await api.send(chunk())
+
+    assert delivered.attempts == 2 and partner.calls == 2
+    assert api.limiter.limit == 4  # halved at once, as for an "HTTP 429" of our own
+    assert metrics.registry.get_sample_value("sender_concurrency_limit", {"target": "partner"}) == 4
+    classes = {
+        c: metrics.registry.get_sample_value(
+            "sender_requests_total", {"target": "partner", "status_class": c}
+        )
+        for c in ("2xx", "4xx", "error")
+    }
+    expected_refusal = "4xx" if refusal.status == 429 else "error"
+    assert classes["2xx"] == 1 and classes[expected_refusal] == 1
+
+
+async def test_a_failure_worded_like_a_429_is_no_push_back_without_the_fields(
+    time_: FakeTime,
+) -> None:
+    partner = _PartnerApi([RetryableError("HTTP 429: too many requests")])  # words, no status
+    options = DestinationOptions.model_validate(
+        {
+            "type": "memory",
+            "concurrency": "adaptive",
+            "max_concurrency": 16,
+            "retry": {"attempts": 2},
+        }
+    )
+    api = Target("partner", partner, options, clock=time_.clock, sleep=time_.sleep)
+    api.limiter.resize(8)
+
+    await api.send(chunk())
+
+    assert api.limiter.limit == 8
 
 
 # -- the target: policies around a destination --------------------------------------------------
