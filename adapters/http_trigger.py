@@ -33,10 +33,10 @@ from pydantic import Field, SecretStr
 
 from sender.config import DaemonConfig, Duration, TriggerOptions
 from sender.engine import default_owner
-from sender.errors import LedgerError, MessageError, TriggerError
+from sender.errors import ConfigError, LedgerError, MessageError, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
-from sender.ports import InboxMessage, InboxOutcome, Ledger, Resource
+from sender.ports import Inbox, InboxMessage, InboxOutcome, Ledger, Resource
 
 __all__ = ["HttpEnvelope", "HttpTrigger"]
 
@@ -62,7 +62,7 @@ class HttpEnvelope:
         if self.settled is not None:
             return  # settled once: a second call has nothing left to do
         try:
-            await self._trigger._ledger_or_raise().settle_message(self.message_id, outcome, reason)
+            await self._trigger._inbox_or_raise().settle_message(self.message_id, outcome, reason)
         except LedgerError as exc:
             raise TriggerError(f"inbox message {self.message_id}: {exc}") from exc
         self.settled = outcome
@@ -80,9 +80,9 @@ class HttpEnvelope:
     async def extend(self, seconds: float) -> None:
         if self.settled is not None:
             return
-        ledger = self._trigger._ledger_or_raise()
+        inbox = self._trigger._inbox_or_raise()
         try:
-            held = await ledger.extend_message(self.message_id, self._trigger.owner, seconds)
+            held = await inbox.extend_message(self.message_id, self._trigger.owner, seconds)
         except LedgerError as exc:
             raise TriggerError(f"inbox message {self.message_id}: {exc}") from exc
         if not held:
@@ -108,19 +108,32 @@ class HttpTrigger(Resource):
     def __init__(self, options: Options) -> None:
         self.options = options
         self.owner = f"{default_owner()}:{uuid.uuid4().hex[:6]}"
-        self._ledger: Ledger | None = None
+        self._inbox: Inbox | None = None
         self._daemon: DaemonConfig | None = None
         self._closed = asyncio.Event()
         self._wake = asyncio.Event()
         self._healthy = True
 
     def __repr__(self) -> str:
-        return f"HttpTrigger(bound={self._ledger is not None})"
+        return f"HttpTrigger(bound={self._inbox is not None})"
+
+    @classmethod
+    def ledger_problem(cls, ledger: type, name: str) -> str | None:
+        """Asked by ``sender config check``: the inbox lives in the ledger."""
+        if issubclass(ledger, Inbox):
+            return None
+        return f"the http trigger keeps its inbox in the ledger; ledger {name!r} has no inbox"
 
     def bind(self, ledger: Ledger | None, daemon: DaemonConfig | None = None) -> None:
         """Called by ``sender.daemon.open_trigger``: the daemon's ledger (None outside the
-        daemon) and the daemon settings (for the default ``url`` and ``token``)."""
-        self._ledger = ledger
+        daemon), whose inbox becomes this trigger's queue, and the daemon settings (for the
+        default ``url`` and ``token``). ``ConfigError`` for a ledger without an inbox."""
+        if ledger is not None and not isinstance(ledger, Inbox):
+            raise ConfigError(
+                f"trigger.type: the http trigger keeps its inbox in the ledger; "
+                f"{ledger!r} has no inbox"
+            )
+        self._inbox = ledger
         self._daemon = daemon
 
     @property
@@ -131,22 +144,22 @@ class HttpTrigger(Resource):
 
     @property
     def connected(self) -> bool:
-        return self._ledger is not None and self._healthy and not self._closed.is_set()
+        return self._inbox is not None and self._healthy and not self._closed.is_set()
 
-    def _ledger_or_raise(self) -> Ledger:
-        if self._ledger is None:
+    def _inbox_or_raise(self) -> Inbox:
+        if self._inbox is None:
             raise TriggerError("the http trigger is not bound to a ledger (not in the daemon)")
-        return self._ledger
+        return self._inbox
 
     # -- taking messages (in the daemon) -------------------------------------------------
 
     async def messages(self) -> AsyncIterator[HttpEnvelope]:
-        ledger = self._ledger_or_raise()
+        inbox = self._inbox_or_raise()
         backoff = 0.5
         while not self._closed.is_set():
             self._wake.clear()
             try:
-                claimed = await ledger.claim_messages(self.owner, 1, self.options.visibility_s)
+                claimed = await inbox.claim_messages(self.owner, 1, self.options.visibility_s)
             except LedgerError as exc:
                 # the ledger is down: keep trying, /readyz says why meanwhile
                 self._healthy = False
@@ -176,11 +189,11 @@ class HttpTrigger(Resource):
         already waiting there is not queued twice. Elsewhere: POST it to the daemon."""
         if self._closed.is_set():
             raise TriggerError("the http trigger is closed")
-        if self._ledger is None:
+        if self._inbox is None:
             await self._post(message)
             return
         try:
-            queued = await self._ledger.enqueue_message(message.batch_id, message.to_json())
+            queued = await self._inbox.enqueue_message(message.batch_id, message.to_json())
         except LedgerError as exc:
             raise TriggerError(f"cannot store the trigger in the ledger: {exc}") from exc
         if queued:

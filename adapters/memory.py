@@ -21,10 +21,10 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from sender.config import DestinationOptions, SourceOptions, TriggerOptions
-from sender.errors import LedgerError, PermanentError, SourceError, TriggerError
+from sender.errors import AdapterClosed, LedgerError, PermanentError, SourceError, TriggerError
 from sender.model import (
     BatchState,
     ChunkState,
@@ -65,6 +65,8 @@ class MemoryLedger(Resource):
     move time without sleeping.
     """
 
+    schemes: ClassVar[tuple[str, ...]] = ("memory",)  # not registered: tests build it directly
+
     def __init__(self, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self._clock = clock
         self._batches: dict[str, BatchRecord] = {}
@@ -94,7 +96,7 @@ class MemoryLedger(Resource):
         # yield to the loop like a real store would, then act atomically (no await after this)
         await asyncio.sleep(0)
         if self._closed:
-            raise LedgerError("ledger memory is closed")
+            raise AdapterClosed("ledger memory")
 
     def _out(self, record: BatchRecord) -> BatchRecord:
         copied = copy.deepcopy(record)

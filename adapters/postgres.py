@@ -37,14 +37,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 
 from sender.config import mask_url
-from sender.errors import LedgerError
+from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 
@@ -239,6 +239,8 @@ class PostgresLedger(Resource):
     replaces the server's clock, for tests only: replicas should share the server's.
     """
 
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+
     def __init__(
         self,
         dsn: str,
@@ -264,7 +266,7 @@ class PostgresLedger(Resource):
     def from_url(cls, url: str, *, clock: Callable[[], datetime] | None = None) -> PostgresLedger:
         """``postgresql://user[:password]@host[:port]/db[?pool_max_size=10&...]``."""
         parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        if parts.scheme not in cls.schemes or not parts.hostname:
             raise LedgerError(
                 f"not a PostgreSQL ledger URL: {mask_url(url)!r} "
                 "(use postgresql://user@host:5432/db)"
@@ -312,12 +314,12 @@ class PostgresLedger(Resource):
 
     async def _ensure_pool(self) -> asyncpg.Pool:
         if self._closed:
-            raise LedgerError(f"ledger {self._where} is closed")
+            raise AdapterClosed(f"ledger {self._where}")
         if self._pool is not None:
             return self._pool
         async with self._opening:
             if self._closed:
-                raise LedgerError(f"ledger {self._where} is closed")
+                raise AdapterClosed(f"ledger {self._where}")
             if self._pool is None:
                 self._pool = await self._create_pool()
             return self._pool
@@ -387,7 +389,7 @@ class PostgresLedger(Resource):
                 yield conn
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             if self._closed:
-                raise LedgerError(f"ledger {self._where} is closed") from exc
+                raise AdapterClosed(f"ledger {self._where}") from exc
             raise LedgerError(f"ledger {self._where}: {exc}") from exc
 
     # -- the Ledger port -----------------------------------------------------------------

@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
-from sender.errors import LedgerError
+from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 
@@ -221,6 +221,8 @@ class SqliteLedger(Resource):
     time as an aware UTC datetime; tests inject one to move time without sleeping.
     """
 
+    schemes: ClassVar[tuple[str, ...]] = ("", "sqlite")  # a plain path, or sqlite:///abs/path
+
     def __init__(self, path: str | Path, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self.path = str(path)
         self._clock = clock
@@ -330,7 +332,7 @@ class SqliteLedger(Resource):
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
         if self._closed:
-            raise LedgerError(f"ledger {self.path} is closed")
+            raise AdapterClosed(f"ledger {self.path}")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._transaction, fn, write)
@@ -338,7 +340,7 @@ class SqliteLedger(Resource):
             raise LedgerError(f"ledger {self.path}: {exc}") from exc
         except RuntimeError as exc:  # the executor was shut down under a queued call
             if self._closed:
-                raise LedgerError(f"ledger {self.path} is closed") from exc
+                raise AdapterClosed(f"ledger {self.path}") from exc
             raise
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], _T], write: bool) -> _T:

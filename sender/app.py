@@ -11,25 +11,21 @@ from prometheus_client import CollectorRegistry
 from .config import AppConfig
 from .engine import Engine
 from .hooks import Hooks
-from .metrics import MeteredLedger, Metrics
+from .metered_ledger import metered
+from .metrics import Metrics
 from .ports import Ledger, Source
-from .registry import adapter_class
+from .registry import ledger_class
 from .targets import Target
 
-__all__ = ["App", "ledger_type", "open_ledger"]
-
-
-def ledger_type(url: str) -> str:
-    """``postgresql`` for ``postgresql://`` and ``postgres://`` URLs, else ``sqlite``."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    return "postgresql" if scheme in ("postgresql", "postgres") else "sqlite"
+__all__ = ["App", "open_ledger"]
 
 
 def open_ledger(url: str) -> Ledger:
-    """The ledger for ``daemon.ledger`` (not yet opened: use it as an async context manager)."""
-    cls = adapter_class("ledger", ledger_type(url))
-    ledger: Ledger = cls.from_url(url)
-    return ledger
+    """The ledger for ``daemon.ledger``, of the registered class that serves the URL's scheme
+    (not yet opened: use it as an async context manager). ``ConfigError`` when no ledger
+    serves it."""
+    _, cls = ledger_class(url)
+    return cls.from_url(url)
 
 
 class App:
@@ -49,7 +45,7 @@ class App:
         self._stack = contextlib.AsyncExitStack()
         self._sources: dict[str, Source] = {}
         # counts LedgerErrors per operation in sender_ledger_errors_total
-        self.ledger: Ledger = MeteredLedger(
+        self.ledger: Ledger = metered(
             open_ledger(config.daemon.ledger), on_error=self.metrics.ledger_error
         )
         self.targets: dict[str, Target] = {}  # filled on enter
@@ -57,7 +53,7 @@ class App:
 
     async def __aenter__(self) -> App:
         try:
-            await self._stack.enter_async_context(self.ledger)  # type: ignore[arg-type]
+            await self._stack.enter_async_context(self.ledger)
             for name, section in self.config.destinations.items():
                 destination = section.cls(name, section.options)
                 self._stack.push_async_callback(destination.aclose)

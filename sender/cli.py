@@ -134,13 +134,14 @@ def _primaries(config: AppConfig) -> dict[str, str]:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     from .app import open_ledger
+    from .ports import replays_of
     from .replay import dead_letter_files, replay_preview
     from .serialize import batch_json
     from .status import batch_detail, batch_filters, batch_table, run_duration, target_usage
 
     config = _config(args)
     primaries = _primaries(config)
-    async with open_ledger(config.daemon.ledger) as ledger:  # type: ignore[attr-defined]
+    async with open_ledger(config.daemon.ledger) as ledger:
         if args.batch_id:
             record = await ledger.get_batch(args.batch_id)
             if record is None:
@@ -150,7 +151,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 )
                 return EXIT_INCOMPLETE
             chunks = await ledger.chunks(args.batch_id)
-            replays = await ledger.replays(args.batch_id)
+            replays = await replays_of(ledger, args.batch_id)
             kept = dead_letter_files(replays)
             preview = replay_preview(chunks, primaries)
             if args.json:
@@ -196,7 +197,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         usage: dict[str, dict[str, Any]] = {}
         for r in records:
             usage[r.batch_id] = target_usage(await ledger.chunks(r.batch_id), primaries)
-            usage[r.batch_id]["duration_s"] = run_duration(r, await ledger.replays(r.batch_id))
+            usage[r.batch_id]["duration_s"] = run_duration(r, await replays_of(ledger, r.batch_id))
     if args.json:
         _print_json(
             {
@@ -291,13 +292,14 @@ async def cmd_replay(args: argparse.Namespace) -> int:
 
 async def _dead_letter_entries(ledger: Any, batch_ids: Sequence[str]) -> list[dict[str, Any]]:
     from .model import ChunkState
+    from .ports import replays_of
     from .replay import dead_letter_files, stored_file
 
     entries: list[dict[str, Any]] = []
     for batch_id in batch_ids:
         record = await ledger.get_batch(batch_id)
         chunks = await ledger.chunks(batch_id)
-        kept = dead_letter_files(await ledger.replays(batch_id))
+        kept = dead_letter_files(await replays_of(ledger, batch_id))
         for chunk in chunks:
             location = None
             if chunk.state is ChunkState.DEAD_LETTERED:
@@ -353,7 +355,7 @@ async def cmd_dead_letters(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.purge and not args.batch:
         raise UsageError("--purge: name the batch with --batch ID")
-    async with open_ledger(config.daemon.ledger) as ledger:  # type: ignore[attr-defined]
+    async with open_ledger(config.daemon.ledger) as ledger:
         if args.batch:
             if await ledger.get_batch(args.batch) is None:
                 err.print(f"error: no batch {args.batch!r} in the ledger", markup=False)

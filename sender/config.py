@@ -35,7 +35,8 @@ from pydantic import (
 
 from .errors import ConfigError
 from .log import register_secret
-from .registry import adapter_class
+from .ports import LedgerBound
+from .registry import adapter_class, ledger_class
 from .units import Rate, parse_duration, parse_rate, parse_size
 
 __all__ = [
@@ -412,6 +413,20 @@ def _section(
     return Section(name, type_, cls, options) if options is not None else None
 
 
+def _ledger_problems(url: str, trigger: Section | None) -> list[str]:
+    """``daemon.ledger`` has a registered ledger for its scheme, with every ability the
+    trigger needs of it (found on the class: nothing is opened)."""
+    try:
+        name, ledger = ledger_class(url)
+    except ConfigError as exc:
+        return [f"daemon.ledger: {exc}"]
+    if trigger is not None and issubclass(trigger.cls, LedgerBound):
+        problem = trigger.cls.ledger_problem(ledger, name)
+        if problem is not None:
+            return [f"trigger.type: {problem}"]
+    return []
+
+
 _TOP_LEVEL = {"daemon", "trigger", "sources", "destinations", "routes"}
 
 
@@ -433,6 +448,9 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
     trigger = _section(
         "trigger", "trigger", raw.get("trigger") or {"type": "spool"}, "trigger", ctx, problems
     )
+
+    if daemon is not None:
+        problems.extend(_ledger_problems(daemon.ledger, trigger))
 
     def tables(key: str) -> Mapping[str, Any]:
         value = raw.get(key) or {}

@@ -114,7 +114,7 @@ async def run_demo(config_path: str | None = None, *, records: int = 20_000) -> 
         await trigger.aclose()
         await serve(config, burst=True)
 
-    async with open_ledger(config.daemon.ledger) as ledger:  # type: ignore[attr-defined]
+    async with open_ledger(config.daemon.ledger) as ledger:
         record = await ledger.get_batch("churn-2026-11-24")
         chunks = await ledger.chunks("churn-2026-11-24")
     console.rule("[bold]what happened")

@@ -27,21 +27,20 @@ method, and returns normally.
 from __future__ import annotations
 
 import functools
-import inspect
 import platform
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
-from .errors import DeliveryError, LedgerError
+from .errors import DeliveryError
 from .hooks import Hooks
 from .log import get_logger
 from .model import Receipt
 
-__all__ = ["BREAKER_STATES", "MeteredLedger", "Metrics", "MetricsHooks", "status_class"]
+__all__ = ["BREAKER_STATES", "Metrics", "MetricsHooks", "status_class"]
 
 log = get_logger("sender.metrics")
 
@@ -376,45 +375,3 @@ class MetricsHooks(Hooks):
         if dataset is not None:
             self.metrics.batches_in_flight(-1)
         self.metrics.batch_finished(dataset or "unknown", state, duration_s)
-
-
-# -- ledger errors ----------------------------------------------------------------------------
-
-
-class MeteredLedger:
-    """Wraps a ledger so that every ``LedgerError`` its methods raise is reported to
-    ``on_error(operation)`` (``Metrics.ledger_error``: ``sender_ledger_errors_total``);
-    everything else passes through::
-
-        self.ledger = MeteredLedger(open_ledger(url), on_error=metrics.ledger_error)
-    """
-
-    def __init__(self, ledger: Any, on_error: Callable[[str], None] | None = None) -> None:
-        self._ledger = ledger
-        self._on_error = on_error
-
-    def __repr__(self) -> str:
-        return f"MeteredLedger({self._ledger!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._ledger, name)
-        if name.startswith("_") or not inspect.iscoroutinefunction(attr):
-            return attr
-
-        @functools.wraps(attr)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await attr(*args, **kwargs)
-            except LedgerError:
-                if self._on_error is not None:
-                    self._on_error(name)
-                raise
-
-        return call
-
-    async def __aenter__(self) -> MeteredLedger:
-        await self._ledger.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._ledger.__aexit__(*exc)

@@ -57,7 +57,7 @@ from .errors import (
 )
 from .log import get_logger
 from .model import ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage, chunk_sort_key
-from .ports import BatchRecord, ChunkRecord, RouteStats
+from .ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
 from .readers import list_batch
 from .targets import Target
 from .units import Rate
@@ -421,6 +421,8 @@ class Replayer:
         self.app = app
         self.config = app.config
         self.ledger = app.ledger
+        # the audit trail, when the ledger keeps one
+        self.replay_log = app.ledger if isinstance(app.ledger, ReplayLog) else None
         self.who = who or who_am_i()
         self.owner = f"replay:{self.who}:{os.getpid()}"
         self.hooks = hooks or ReplayHooks()
@@ -558,9 +560,10 @@ class Replayer:
                 log.warning("lease.renew_failed", batch_id=batch_id, error=str(exc))
 
     async def _record(self, report: ReplayReport) -> None:
-        await self.ledger.record_replay(
-            report.batch_id, report.who, report.selection.to_dict(), report.outcome()
-        )
+        if self.replay_log is not None:
+            await self.replay_log.record_replay(
+                report.batch_id, report.who, report.selection.to_dict(), report.outcome()
+            )
         log.info(
             "replay.finished",
             batch_id=report.batch_id,
@@ -628,7 +631,7 @@ class Replayer:
     async def _items(
         self, batch_id: str, chunks: Sequence[ChunkRecord], selection: Selection
     ) -> list[ReplayItem]:
-        kept = dead_letter_files(await self.ledger.replays(batch_id))
+        kept = dead_letter_files(await replays_of(self.ledger, batch_id))
         items = []
         for chunk in select_chunks(chunks, selection):
             target = selection.to or self.config.routes[chunk.route].targets[0]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sender.errors import LedgerError
+from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo
 from sender.ports import RouteStats
 from sender.testing import LedgerContract, make_chunk, make_message
@@ -201,7 +201,7 @@ async def test_the_ledger_opens_lazily_on_first_use(tmp_path: Path) -> None:
     assert path.exists()
     assert (await ledger.get_batch("b-1")).runs == 1
     await ledger.aclose()
-    with pytest.raises(LedgerError, match="closed"):
+    with pytest.raises(AdapterClosed, match="closed"):
         await ledger.open()
 
 

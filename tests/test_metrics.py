@@ -7,7 +7,6 @@ import asyncio
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,9 +17,10 @@ from sender import __version__
 from sender.app import App
 from sender.config import AppConfig
 from sender.control import ControlServer
-from sender.errors import LedgerError, PermanentError, RetryableError
+from sender.errors import AdapterClosed, LedgerError, PermanentError, RetryableError
 from sender.hooks import Hooks, MultiHooks
-from sender.metrics import MeteredLedger, Metrics, status_class
+from sender.metered_ledger import metered
+from sender.metrics import Metrics, status_class
 from sender.model import BatchState, EncodedChunk, Receipt, TriggerMessage
 from sender.ports import Ledger
 from sender.testing.receiver import Receiver
@@ -295,7 +295,7 @@ def test_metrics_hooks_survive_inside_multihooks(metrics: Metrics) -> None:
 
 async def test_metered_ledger_reports_ledger_errors_and_passes_results(metrics: Metrics) -> None:
     inner = MemoryLedger()
-    ledger: Any = MeteredLedger(inner, on_error=metrics.ledger_error)
+    ledger = metered(inner, on_error=metrics.ledger_error)
     async with ledger:
         assert isinstance(ledger, Ledger)
         assert await ledger.get_batch("nope") is None
@@ -303,7 +303,7 @@ async def test_metered_ledger_reports_ledger_errors_and_passes_results(metrics: 
             await ledger.finish_batch("nope", BatchState.COMPLETE, {})
 
     assert value(metrics, "sender_ledger_errors_total", operation="finish_batch") == 1
-    with pytest.raises(LedgerError):  # closed with the wrapper
+    with pytest.raises(AdapterClosed):  # closed with the wrapper
         await inner.ping()
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from ..errors import LedgerError
+from ..errors import AdapterClosed, LedgerError
 from ..model import BatchState, ChunkState, ObjectInfo, TriggerMessage, idempotency_key
 from ..ports import ChunkRecord, Ledger, RouteStats
 
@@ -493,10 +493,13 @@ class LedgerContract:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def test_close_is_idempotent_and_a_closed_ledger_refuses_work(self, ledger: Any) -> None:
+        await ledger.start_batch(make_message("b-1"))
         await ledger.aclose()
         await ledger.aclose()
 
-        with pytest.raises(LedgerError):
+        with pytest.raises(AdapterClosed):
             await ledger.get_batch("b-1")
-        with pytest.raises(LedgerError):
+        with pytest.raises(AdapterClosed):
+            await ledger.save_chunks([make_chunk("b-1", "0")])
+        with pytest.raises(AdapterClosed):
             await ledger.ping()

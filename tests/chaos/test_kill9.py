@@ -120,7 +120,7 @@ async def test_a_daemon_killed_at_random_points_resumes_to_a_complete_batch(
         assert _integrity(ledger_path) == "ok"
         if returncode == -9:
             # what the receiver took but the ledger does not know: in flight at the kill
-            async with open_ledger(config.daemon.ledger) as ledger:  # type: ignore[attr-defined]
+            async with open_ledger(config.daemon.ledger) as ledger:
                 known = {
                     c.idempotency_key
                     for c in await ledger.chunks(message.batch_id)
@@ -128,7 +128,7 @@ async def test_a_daemon_killed_at_random_points_resumes_to_a_complete_batch(
                 }
             in_flight_at_kills |= await _accepted_keys(chaos_receiver, message.batch_id) - known
 
-    async with open_ledger(config.daemon.ledger) as ledger:  # type: ignore[attr-defined]
+    async with open_ledger(config.daemon.ledger) as ledger:
         batch = await ledger.get_batch(message.batch_id)
         assert batch is not None and batch.state is BatchState.COMPLETE
         figures = await audit(

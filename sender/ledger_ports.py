@@ -1,0 +1,281 @@
+"""The ledger's ports, split by job so that a ledger implements only what it offers:
+
+- ``Ledger``: batch and chunk state, the source's objects, leases (every ledger);
+- ``ReplayLog``: the audit trail of ``sender replay`` (``sender status`` shows it);
+- ``Inbox``: the durable queue of the ``http`` trigger (messages POSTed to the daemon).
+
+A ledger class registers under the ``sender.ledgers`` entry-point group and declares the URL
+schemes it serves (``LedgerType``); ``daemon.ledger``'s scheme picks it. Re-exported by
+``sender.ports``; the contract suites are in ``sender.testing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+from .model import BatchState, ChunkState, ObjectInfo, TriggerMessage
+
+__all__ = [
+    "BatchRecord",
+    "ChunkRecord",
+    "Inbox",
+    "InboxMessage",
+    "InboxOutcome",
+    "Ledger",
+    "LedgerType",
+    "ReplayLog",
+    "RouteStats",
+    "replays_of",
+]
+
+
+@dataclass(slots=True)
+class RouteStats:
+    """A route's reconciliation: ``read == delivered + dead_lettered + rejected`` when done."""
+
+    read: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    rejected: int = 0
+    chunks: int = 0
+
+    @property
+    def reconciled(self) -> bool:
+        return self.read == self.delivered + self.dead_lettered + self.rejected
+
+    @classmethod
+    def total(cls, stats: Iterable[RouteStats]) -> RouteStats:
+        total = cls()
+        for item in stats:
+            total.read += item.read
+            total.delivered += item.delivered
+            total.dead_lettered += item.dead_lettered
+            total.rejected += item.rejected
+            total.chunks += item.chunks
+        return total
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "read": self.read,
+            "delivered": self.delivered,
+            "dead_lettered": self.dead_lettered,
+            "rejected": self.rejected,
+            "chunks": self.chunks,
+        }
+
+
+@dataclass(slots=True)
+class ChunkRecord:
+    """The ledger's row for one chunk of one route of one batch."""
+
+    batch_id: str
+    route: str
+    chunk_id: str
+    state: ChunkState
+    records: int = 0
+    raw_size: int = 0
+    kind: str = "data"  # "data", or "rejects" for bad input records
+    idempotency_key: str = ""
+    target: str | None = None  # who took it (a destination name, or the dead-letter store)
+    attempts: int = 0
+    last_error: str | None = None
+    location: str | None = None  # URL, object or file where it now is
+    checksum: str | None = None  # sha256 of the payload as first sent
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """The ledger's row for one batch."""
+
+    batch_id: str
+    dataset: str
+    uri: str
+    state: BatchState
+    message: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    runs: int = 0
+    routes: dict[str, RouteStats] = field(default_factory=dict)
+    objects: list[ObjectInfo] | None = None  # the source as first read (changes are refused)
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+
+    @property
+    def totals(self) -> RouteStats:
+        return RouteStats.total(self.routes.values())
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Durable state of batches and chunks. SQLite by default; PostgreSQL for replicas.
+
+    Every method is one transaction. Raises ``LedgerError`` when the store is unreachable,
+    ``AdapterClosed`` once ``aclose()`` was called (``aclose`` itself is idempotent).
+    """
+
+    async def __aenter__(self) -> Self:
+        """Open the store (and migrate its schema)."""
+        ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def start_batch(self, message: TriggerMessage) -> BatchRecord:
+        """Create the batch (state running), or mark an existing one running again (``runs``
+        + 1, ``error`` cleared), keeping its chunks; return the record."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    async def list_batches(
+        self,
+        *,
+        dataset: str | None = None,
+        state: BatchState | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[BatchRecord]:
+        """Most recent first (by ``created_at``)."""
+        ...
+
+    async def set_objects(self, batch_id: str, objects: Sequence[ObjectInfo]) -> None:
+        """Record the source's objects as first read."""
+        ...
+
+    async def finish_batch(
+        self,
+        batch_id: str,
+        state: BatchState,
+        routes: dict[str, RouteStats],
+        error: str | None = None,
+    ) -> None: ...
+
+    async def chunks(self, batch_id: str, route: str | None = None) -> list[ChunkRecord]:
+        """The batch's chunks ordered by route, then chunk id in natural order."""
+        ...
+
+    async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:
+        """Insert or replace these chunk rows (keyed by batch, route, chunk id) atomically."""
+        ...
+
+    async def acquire_lease(self, batch_id: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the batch's lease for ``owner``; False while another owner holds an
+        unexpired one. A replay and a daemon never send the same batch at once."""
+        ...
+
+    async def release_lease(self, batch_id: str, owner: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``LedgerError`` unless the store answers (``/readyz``)."""
+        ...
+
+
+@runtime_checkable
+class ReplayLog(Protocol):
+    """Optional for a ledger: the audit trail of ``sender replay``. Without it a replay
+    still runs, and nothing records who ran it."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def record_replay(
+        self, batch_id: str, who: str, selectors: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        """Append to the batch's audit trail: who (``user@host``), what was selected (routes,
+        chunks, target, rate, dry run) and how it went (``outcome``, JSON-serialisable).
+        ``LedgerError`` for an unknown batch."""
+        ...
+
+    async def replays(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's replays, oldest first, each ``{id, batch_id, who, at (datetime),
+        selectors, outcome}``; ``[]`` for an unknown batch."""
+        ...
+
+
+@runtime_checkable
+class Inbox(Protocol):
+    """Optional for a ledger: the ``http`` trigger's durable queue.
+
+    A message POSTed to the control server is stored here before the 202, then claimed by a
+    daemon (any replica sharing the ledger), leased while its batch runs and settled when it
+    is done. Like a queue: at-least-once, a released or expired claim is taken again.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
+        """Store a message (state ``pending``), durable when this returns. False, changing
+        nothing, when a message with this id is already pending (claimed or not); a settled
+        one (``done``/``rejected``) is queued again with the new body, deliveries reset."""
+        ...
+
+    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
+        """Take up to ``limit`` pending messages, oldest first, that nobody holds (or whose
+        lease expired): lease each to ``owner`` for ``lease_s`` and count the delivery. Two
+        owners never hold the same message at once."""
+        ...
+
+    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
+        """Renew ``owner``'s lease on a claimed message for ``lease_s`` from now; False when
+        ``owner`` no longer holds it (settled, released, or expired and claimed by another)."""
+        ...
+
+    async def settle_message(
+        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
+    ) -> None:
+        """``done`` (its batch is complete) or ``rejected`` (invalid, with ``reason``): kept
+        for the record, never claimed again. ``released``: back to pending, lease cleared, to
+        be claimed again at once. ``LedgerError`` for an unknown id."""
+        ...
+
+    async def get_message(self, message_id: str) -> InboxMessage | None:
+        """The inbox row, or None."""
+        ...
+
+
+class LedgerType(Protocol):
+    """What the registry needs of a ledger class (the class object itself matches this)."""
+
+    # the URL schemes of ``daemon.ledger`` it serves; "" is a plain path (no ``scheme://``)
+    schemes: tuple[str, ...]
+
+    def from_url(self, url: str) -> Ledger:
+        """A ledger for ``url``, not yet opened (use it as an async context manager)."""
+        ...
+
+
+async def replays_of(ledger: Ledger, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's replays (``ReplayLog.replays``); ``[]`` from a ledger that keeps none."""
+    return await ledger.replays(batch_id) if isinstance(ledger, ReplayLog) else []
+
+
+InboxOutcome = Literal["done", "rejected", "released"]
+
+
+@dataclass(slots=True)
+class InboxMessage:
+    """A trigger message in the ledger's inbox (the ``http`` trigger's durable queue)."""
+
+    message_id: str
+    body: bytes
+    state: str  # "pending" (waiting or claimed), "done" or "rejected"
+    received_at: datetime
+    deliveries: int = 0  # times claimed
+    owner: str | None = None  # who holds the claim while its lease runs
+    lease_expires: datetime | None = None
+    settled_at: datetime | None = None
+    reason: str | None = None  # why it was rejected

@@ -1,0 +1,181 @@
+"""A ledger wrapper that counts the ledger's failures, by operation, through a callback.
+
+``metered(ledger, on_error=metrics.ledger_error)`` returns a wrapper that implements exactly
+the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog`` and
+``Inbox`` when the inner one has them), so ``isinstance`` checks at wiring see the truth.
+Every ``LedgerError`` a call raises calls ``on_error(operation)`` (the method's name) and is
+raised again; results and other errors pass through untouched. The wrapper opens and closes
+its inner ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Self, TypeVar
+
+from .errors import LedgerError
+from .ledger_ports import (
+    BatchRecord,
+    ChunkRecord,
+    Inbox,
+    InboxMessage,
+    InboxOutcome,
+    Ledger,
+    ReplayLog,
+    RouteStats,
+)
+from .model import BatchState, ObjectInfo, TriggerMessage
+
+__all__ = ["MeteredLedger", "metered"]
+
+_T = TypeVar("_T")
+
+OnError = Callable[[str], None]
+
+
+class _Counting:
+    _on_error: OnError
+    _replay_log: ReplayLog
+    _inbox: Inbox
+
+    async def _count(self, operation: str, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except LedgerError:
+            self._on_error(operation)
+            raise
+
+
+class MeteredLedger(_Counting):
+    """The ``Ledger`` port around ``ledger``, counting its ``LedgerError``\\ s (see module).
+    Build it with ``metered()``, which adds the inner ledger's optional ports."""
+
+    def __init__(self, ledger: Ledger, *, on_error: OnError) -> None:
+        self._ledger = ledger
+        self._on_error = on_error
+        if isinstance(ledger, ReplayLog):
+            self._replay_log = ledger
+        if isinstance(ledger, Inbox):
+            self._inbox = ledger
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._ledger!r})"
+
+    async def __aenter__(self) -> Self:
+        await self._ledger.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._ledger.__aexit__(*exc)
+
+    async def aclose(self) -> None:
+        await self._ledger.aclose()
+
+    async def start_batch(self, message: TriggerMessage) -> BatchRecord:
+        return await self._count("start_batch", self._ledger.start_batch(message))
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        return await self._count("get_batch", self._ledger.get_batch(batch_id))
+
+    async def list_batches(
+        self,
+        *,
+        dataset: str | None = None,
+        state: BatchState | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[BatchRecord]:
+        call = self._ledger.list_batches(dataset=dataset, state=state, since=since, limit=limit)
+        return await self._count("list_batches", call)
+
+    async def set_objects(self, batch_id: str, objects: Sequence[ObjectInfo]) -> None:
+        await self._count("set_objects", self._ledger.set_objects(batch_id, objects))
+
+    async def finish_batch(
+        self,
+        batch_id: str,
+        state: BatchState,
+        routes: dict[str, RouteStats],
+        error: str | None = None,
+    ) -> None:
+        call = self._ledger.finish_batch(batch_id, state, routes, error)
+        await self._count("finish_batch", call)
+
+    async def chunks(self, batch_id: str, route: str | None = None) -> list[ChunkRecord]:
+        return await self._count("chunks", self._ledger.chunks(batch_id, route))
+
+    async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:
+        await self._count("save_chunks", self._ledger.save_chunks(records))
+
+    async def acquire_lease(self, batch_id: str, owner: str, ttl_s: float) -> bool:
+        return await self._count(
+            "acquire_lease", self._ledger.acquire_lease(batch_id, owner, ttl_s)
+        )
+
+    async def release_lease(self, batch_id: str, owner: str) -> None:
+        await self._count("release_lease", self._ledger.release_lease(batch_id, owner))
+
+    async def ping(self) -> None:
+        await self._count("ping", self._ledger.ping())
+
+
+class _ReplayLogCalls(_Counting):
+    async def record_replay(
+        self, batch_id: str, who: str, selectors: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        call = self._replay_log.record_replay(batch_id, who, selectors, outcome)
+        await self._count("record_replay", call)
+
+    async def replays(self, batch_id: str) -> list[dict[str, Any]]:
+        return await self._count("replays", self._replay_log.replays(batch_id))
+
+
+class _InboxCalls(_Counting):
+    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
+        return await self._count("enqueue_message", self._inbox.enqueue_message(message_id, body))
+
+    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
+        call = self._inbox.claim_messages(owner, limit, lease_s)
+        return await self._count("claim_messages", call)
+
+    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
+        call = self._inbox.extend_message(message_id, owner, lease_s)
+        return await self._count("extend_message", call)
+
+    async def settle_message(
+        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
+    ) -> None:
+        call = self._inbox.settle_message(message_id, outcome, reason)
+        await self._count("settle_message", call)
+
+    async def get_message(self, message_id: str) -> InboxMessage | None:
+        return await self._count("get_message", self._inbox.get_message(message_id))
+
+
+class _MeteredWithReplayLog(MeteredLedger, _ReplayLogCalls):
+    pass
+
+
+class _MeteredWithInbox(MeteredLedger, _InboxCalls):
+    pass
+
+
+class _MeteredWithBoth(MeteredLedger, _ReplayLogCalls, _InboxCalls):
+    pass
+
+
+# (has a replay log, has an inbox) -> the wrapper that has exactly those too
+_WRAPPERS: dict[tuple[bool, bool], type[MeteredLedger]] = {
+    (False, False): MeteredLedger,
+    (True, False): _MeteredWithReplayLog,
+    (False, True): _MeteredWithInbox,
+    (True, True): _MeteredWithBoth,
+}
+
+
+def metered(ledger: Ledger, *, on_error: OnError) -> MeteredLedger:
+    """``ledger`` wrapped so that each ``LedgerError`` calls ``on_error(operation)``; the
+    wrapper is a ``ReplayLog`` / ``Inbox`` exactly when ``ledger`` is."""
+    wrapper = _WRAPPERS[isinstance(ledger, ReplayLog), isinstance(ledger, Inbox)]
+    return wrapper(ledger, on_error=on_error)
