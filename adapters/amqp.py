@@ -37,7 +37,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from pydantic import Field
 
 from sender.config import Duration, TriggerOptions, mask_url
-from sender.errors import TriggerError
+from sender.errors import AdapterClosed, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
 from sender.ports import Resource
@@ -63,7 +63,8 @@ def _mapped(what: str) -> Iterator[None]:
 class AmqpEnvelope:
     """A delivered message; settled at most once, on the channel it came from."""
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, trigger: AmqpTrigger, message: AbstractIncomingMessage) -> None:
+        self._trigger = trigger
         self._message = message
         self.body: bytes = message.body
         self.message_id: str = message.message_id or f"amqp-{message.delivery_tag}"
@@ -75,12 +76,14 @@ class AmqpEnvelope:
 
     async def ack(self) -> None:
         if self.settled is None:
+            self._trigger._check_open()
             with _mapped(f"ack {self.message_id}"):
                 await self._message.ack()
             self.settled = "acked"
 
     async def reject(self, reason: str) -> None:
         if self.settled is None:
+            self._trigger._check_open()
             # requeue=False: the broker moves it to the queue's dead-letter exchange
             with _mapped(f"reject {self.message_id}"):
                 await self._message.reject(requeue=False)
@@ -88,6 +91,7 @@ class AmqpEnvelope:
 
     async def release(self) -> None:
         if self.settled is None:
+            self._trigger._check_open()
             with _mapped(f"release {self.message_id}"):
                 await self._message.nack(requeue=True)
             self.settled = "released"
@@ -121,6 +125,10 @@ class AmqpTrigger(Resource):
 
     def __repr__(self) -> str:
         return f"AmqpTrigger({mask_url(self.options.url)!r}, queue={self.options.queue!r})"
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise AdapterClosed(f"amqp trigger {self.options.queue}")
 
     @property
     def dead_letter_queue(self) -> str:
@@ -179,6 +187,7 @@ class AmqpTrigger(Resource):
     # -- consuming -----------------------------------------------------------------------
 
     async def messages(self) -> AsyncIterator[AmqpEnvelope]:
+        self._check_open()  # closed while consuming, the stream ends; before, refused
         backoff = 0.5
         while not self._closed.is_set():
             try:
@@ -187,6 +196,10 @@ class AmqpTrigger(Resource):
                 self._connected = False
                 log.warning("amqp.unavailable", error=str(exc), retry_in_s=backoff)
             else:
+                if self._closed.is_set():  # closed while connecting: aclose did not see it
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S)
+                    return
                 self._connections.append(connection)
                 async for envelope in self._consume(connection):
                     yield envelope
@@ -244,7 +257,7 @@ class AmqpTrigger(Resource):
                     if not get.done() or get.cancelled():
                         continue  # the connection was lost
                     delivery = get.result()
-                yield AmqpEnvelope(delivery)
+                yield AmqpEnvelope(self, delivery)
         finally:
             # taking no more: stop the consumer and give back what was prefetched, on this
             # still-open connection; messages of running batches are settled later
@@ -275,14 +288,18 @@ class AmqpTrigger(Resource):
     # -- publishing ----------------------------------------------------------------------
 
     async def _publishing_channel(self) -> AbstractChannel:
-        if self._closed.is_set():
-            raise TriggerError("the amqp trigger is closed")
+        self._check_open()
         async with self._publish_lock:
             if self._publish_channel is None or self._publish_channel.is_closed:
                 if self._publisher is not None:
                     with contextlib.suppress(Exception):
                         await self._publisher.close()
-                self._publisher = await self._connect("publisher")
+                publisher = await self._connect("publisher")
+                if self._closed.is_set():  # closed while connecting: aclose did not see it
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(publisher.close(), _CLOSE_TIMEOUT_S)
+                    self._check_open()
+                self._publisher = publisher
                 with _mapped("open a channel"):
                     self._publish_channel = await self._publisher.channel(
                         publisher_confirms=True, on_return_raises=True
@@ -313,6 +330,8 @@ class AmqpTrigger(Resource):
                 # the connection went stale (broker restart): try once on a new one
 
     async def aclose(self) -> None:
+        """End a running ``messages()`` stream, close the connections; idempotent. Afterwards
+        every verb (and settling a message delivered before) raises ``AdapterClosed``."""
         if self._closed.is_set():
             return
         self._closed.set()

@@ -47,7 +47,7 @@ from pydantic import Field
 
 from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Duration, mask_url
-from sender.errors import PermanentError, RetryableError
+from sender.errors import AdapterClosed, PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt
 from sender.ports import Resource
 
@@ -140,7 +140,7 @@ class AmqpDestination(Resource):
 
     async def _get_channel(self) -> AbstractChannel:
         if self._closed:
-            raise RuntimeError(f"amqp destination {self.name} is closed")
+            raise AdapterClosed(f"amqp destination {self.name}")
         async with self._opening:
             if self._connection is None:
                 with self._mapped(f"connect to {mask_url(self.options.url)}"):
@@ -208,6 +208,7 @@ class AmqpDestination(Resource):
                 await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S)
 
     async def aclose(self) -> None:
+        """Close the connection; idempotent. ``deliver`` afterwards raises ``AdapterClosed``."""
         if self._closed:
             return
         self._closed = True

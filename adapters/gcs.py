@@ -41,7 +41,7 @@ from pydantic import Field
 
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
-from sender.errors import SourceError, map_errors
+from sender.errors import AdapterClosed, SourceError, map_errors
 from sender.model import ObjectInfo
 from sender.ports import Resource
 from sender_adapters._readahead import ReadAhead
@@ -132,7 +132,9 @@ class _Client:
         endpoint: str | None,
         anonymous: bool | None,
         workers: int,
+        what: str,
     ) -> None:
+        self._what = what  # as AdapterClosed names it
         self._project = project
         self._endpoint = endpoint
         self._anonymous = anonymous
@@ -160,14 +162,14 @@ class _Client:
     async def run(self, call: Callable[[storage.Client], T]) -> T:
         """``call(client)`` in the pool."""
         if self.closed:
-            raise RuntimeError("GCS adapter closed")
+            raise AdapterClosed(self._what)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: call(self._make()))
 
     def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
         """``job()`` in the pool; it calls ``client()`` itself (a long download)."""
         if self.closed:
-            raise RuntimeError("GCS adapter closed")
+            raise AdapterClosed(self._what)
         return asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     def client(self) -> storage.Client:
@@ -273,6 +275,7 @@ class GcsSource(Resource):
             endpoint=self.options.endpoint,
             anonymous=self.options.anonymous,
             workers=self.options.workers,
+            what="gcs source",
         )
         self._retry = DEFAULT_RETRY.with_timeout(self.options.retry_budget_s)
         self._pipes: set[_Pipe] = set()
@@ -314,6 +317,8 @@ class GcsSource(Resource):
 
     async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
         """The object's bytes in pieces of ``read_size`` (the last one shorter)."""
+        if self._client.closed:
+            raise AdapterClosed("gcs source")
         bucket, name = split_gs_uri(obj.uri)
         pipe = _Pipe(asyncio.get_running_loop(), self.options.read_size)
         timeout, retry = self.options.timeout_s, self._retry
@@ -347,6 +352,8 @@ class GcsSource(Resource):
     async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
         ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
+        if self._client.closed:
+            raise AdapterClosed("gcs source")
         return await self._ahead.read(obj, start, length)
 
     async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
@@ -365,7 +372,8 @@ class GcsSource(Resource):
             return await self._client.run(ranged)
 
     async def aclose(self) -> None:
-        """Stop running downloads and the thread pool; idempotent."""
+        """Stop running downloads and the thread pool; idempotent. Afterwards every verb
+        raises ``AdapterClosed``."""
         for pipe in list(self._pipes):
             pipe.cancel()
         self._ahead.clear()
@@ -413,6 +421,7 @@ class GcsDestination(BucketDrop):
             endpoint=options.endpoint,
             anonymous=options.anonymous,
             workers=limit,
+            what=f"gcs destination {name}",
         )
 
     async def put_object(
@@ -451,7 +460,5 @@ class GcsDestination(BucketDrop):
         with _delivery_errors(f"{self.bucket_uri}/{prefix}"):
             return await self._client.run(sizes)
 
-    async def aclose(self) -> None:
-        """Close the client and its threads; idempotent. ``deliver`` afterwards raises
-        RuntimeError."""
+    async def _release(self) -> None:
         await self._client.aclose()

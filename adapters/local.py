@@ -15,7 +15,7 @@ from typing import Literal
 
 from sender.config import DestinationOptions, LocalPath, SourceOptions
 from sender.drop import chunk_meta, chunk_object_name
-from sender.errors import RetryableError, SourceError
+from sender.errors import AdapterClosed, RetryableError, SourceError
 from sender.model import EncodedChunk, ObjectInfo, Receipt
 from sender.ports import Resource
 
@@ -38,8 +38,14 @@ class LocalSource(Resource):
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AdapterClosed("local source")
 
     async def list(self, uri: str) -> list[ObjectInfo]:
+        self._check_open()
         return await asyncio.to_thread(self._list, uri)
 
     def _list(self, uri: str) -> list[ObjectInfo]:
@@ -69,6 +75,7 @@ class LocalSource(Resource):
         return str(_path(obj.uri))
 
     async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        self._check_open()
         size = self.options.read_size
         try:
             file = await asyncio.to_thread(open, _path(obj.uri), "rb")
@@ -87,13 +94,15 @@ class LocalSource(Resource):
             with open(_path(obj.uri), "rb") as file:
                 return os.pread(file.fileno(), length, start)
 
+        self._check_open()
         try:
             return await asyncio.to_thread(pread)
         except OSError as exc:
             raise SourceError(f"{obj.uri}: read failed: {exc.strerror}") from exc
 
     async def aclose(self) -> None:
-        return None
+        """Refuse further use; idempotent (nothing is held open between calls)."""
+        self._closed = True
 
 
 def _raise(exc: OSError) -> None:
@@ -124,6 +133,11 @@ class LocalDestination(Resource):
         self.name = name
         self.options = options
         self.root = Path(options.path)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AdapterClosed(f"local destination {self.name}")
 
     def folder(self, batch_id: str, dataset: str, route: str) -> Path:
         prefix = self.options.prefix.format(dataset=dataset, batch_id=batch_id, route=route)
@@ -142,11 +156,13 @@ class LocalDestination(Resource):
                 return f"{folder} is not writable"
             return None
 
+        self._check_open()
         problem = await asyncio.to_thread(probe)
         if problem:
             raise RetryableError(problem)
 
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
+        self._check_open()
         try:
             path = await asyncio.to_thread(self._write, chunk)
         except OSError as exc:
@@ -162,7 +178,8 @@ class LocalDestination(Resource):
         return path
 
     async def aclose(self) -> None:
-        return None
+        """Refuse further use; idempotent (files are closed after every write)."""
+        self._closed = True
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

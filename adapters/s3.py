@@ -29,7 +29,7 @@ from pydantic import Field
 
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
-from sender.errors import SourceError, map_errors
+from sender.errors import AdapterClosed, SourceError, map_errors
 from sender.model import ObjectInfo
 from sender.ports import Resource
 from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
@@ -131,7 +131,9 @@ class _Client:
         region: str | None,
         profile: str | None,
         config: AioConfig,
+        what: str,
     ) -> None:
+        self._what = what  # as AdapterClosed names it
         self._kwargs: dict[str, Any] = {
             "region_name": region,
             "endpoint_url": endpoint_url,  # None: botocore reads AWS_ENDPOINT_URL(_S3) itself
@@ -145,7 +147,7 @@ class _Client:
 
     async def get(self) -> Any:
         if self.closed:
-            raise RuntimeError("S3 adapter closed")
+            raise AdapterClosed(self._what)
         if self._client is None:
             async with self._lock:
                 if self._client is None:
@@ -206,6 +208,7 @@ class S3Source(Resource):
                 retries={"mode": "standard", "total_max_attempts": self.options.attempts},
                 s3={"addressing_style": self.options.addressing_style},
             ),
+            what="s3 source",
         )
         self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
 
@@ -272,6 +275,8 @@ class S3Source(Resource):
     async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
         ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
+        if self._client.closed:
+            raise AdapterClosed("s3 source")
         return await self._ahead.read(obj, start, length)
 
     async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
@@ -290,7 +295,8 @@ class S3Source(Resource):
             return await self._client.get()
 
     async def aclose(self) -> None:
-        """Close the connection pool; idempotent."""
+        """Close the connection pool; idempotent. Afterwards every verb raises
+        ``AdapterClosed``."""
         self._ahead.clear()
         await self._client.aclose()
 
@@ -343,6 +349,7 @@ class S3Destination(BucketDrop):
                 retries={"mode": "standard", "total_max_attempts": 1},
                 s3={"addressing_style": options.addressing_style},
             ),
+            what=f"s3 destination {name}",
         )
         extra: dict[str, str] = {}
         if options.acl:
@@ -387,6 +394,5 @@ class S3Destination(BucketDrop):
                     sizes[item["Key"]] = int(item["Size"])
         return sizes
 
-    async def aclose(self) -> None:
-        """Close the connection pool; idempotent. ``deliver`` afterwards raises RuntimeError."""
+    async def _release(self) -> None:
         await self._client.aclose()

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from sender.config import Duration, LocalPath, TriggerOptions
-from sender.errors import TriggerError
+from sender.errors import AdapterClosed, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
 from sender.ports import Resource
@@ -41,6 +41,7 @@ class SpoolEnvelope:
         self.settled = False
 
     async def _move(self, folder: str) -> Path:
+        self._trigger._check_open()
         target = self._trigger.root / folder / self.path.name
         await asyncio.to_thread(os.replace, self.path, target)
         self.settled = True
@@ -75,6 +76,10 @@ class SpoolTrigger(Resource):
         self.root = Path(options.path)
         self._closed = asyncio.Event()
         self._prepared = False
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise AdapterClosed(f"spool trigger {self.root}")
 
     def _prepare(self) -> None:
         try:
@@ -112,6 +117,7 @@ class SpoolTrigger(Resource):
         return None
 
     async def messages(self) -> AsyncIterator[SpoolEnvelope]:
+        self._check_open()  # closed while waiting, the stream ends; closed before, refused
         if not self._prepared:
             await asyncio.to_thread(self._prepare)
         while not self._closed.is_set():
@@ -127,6 +133,7 @@ class SpoolTrigger(Resource):
 
     async def pending(self) -> int:
         """Messages waiting (not yet claimed)."""
+        self._check_open()
         return len(await asyncio.to_thread(self._pending)) if self.root.is_dir() else 0
 
     async def publish(self, message: TriggerMessage) -> None:
@@ -137,10 +144,12 @@ class SpoolTrigger(Resource):
             tmp.write_bytes(message.to_json())
             os.replace(tmp, self.root / name)
 
+        self._check_open()
         try:
             await asyncio.to_thread(write)
         except OSError as exc:
             raise TriggerError(f"spool {self.root}: {exc.strerror}") from exc
 
     async def aclose(self) -> None:
+        """End a running ``messages()`` stream and refuse further use; idempotent."""
         self._closed.set()

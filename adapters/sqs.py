@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sender.config import Duration, TriggerOptions
-from sender.errors import TriggerError
+from sender.errors import AdapterClosed, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
 from sender.ports import Resource
@@ -106,6 +106,7 @@ class SqsEnvelope:
 
     async def ack(self) -> None:
         if self.settled is None:
+            self._trigger._check_open()
             await self._delete()
             self.settled = "acked"
 
@@ -113,6 +114,7 @@ class SqsEnvelope:
         if self.settled is not None:
             return
         trigger = self._trigger
+        trigger._check_open()
         if trigger.options.on_invalid == "delete":
             # the log line is the record of what was dropped: keep the body with the reason
             log.warning(
@@ -129,6 +131,7 @@ class SqsEnvelope:
 
     async def release(self) -> None:
         if self.settled is None:
+            self._trigger._check_open()
             await self._visibility(0)
             self.settled = "released"
 
@@ -171,9 +174,12 @@ class SqsTrigger(Resource):
         match = _REGION_IN_URL.search(self.options.queue_url)
         return match.group(1) if match else None
 
-    async def _client_or_open(self) -> Any:
+    def _check_open(self) -> None:
         if self._closed.is_set():
-            raise TriggerError("the sqs trigger is closed")
+            raise AdapterClosed(f"sqs trigger {self.options.queue_url}")
+
+    async def _client_or_open(self) -> Any:
+        self._check_open()
         async with self._opening:
             if self._client is None:
                 from aiobotocore.config import AioConfig
@@ -210,6 +216,7 @@ class SqsTrigger(Resource):
             )
 
     async def messages(self) -> AsyncIterator[SqsEnvelope]:
+        self._check_open()  # closed while polling, the stream ends; closed before, refused
         backoff = 0.5
         checked = False
         while not self._closed.is_set():
@@ -227,7 +234,7 @@ class SqsTrigger(Resource):
                         VisibilityTimeout=round(self.options.visibility_s),
                         MessageSystemAttributeNames=["ApproximateReceiveCount"],
                     )
-            except TriggerError as exc:
+            except (TriggerError, AdapterClosed) as exc:
                 if self._closed.is_set():
                     return
                 if self._connected or backoff == 0.5:
@@ -271,6 +278,8 @@ class SqsTrigger(Resource):
             await client.send_message(**params)
 
     async def aclose(self) -> None:
+        """End a running ``messages()`` stream, close the client; idempotent. Afterwards every
+        verb (and settling a message received before) raises ``AdapterClosed``."""
         if self._closed.is_set():
             return
         self._closed.set()

@@ -47,7 +47,7 @@ from pydantic import Field
 
 from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Size
-from sender.errors import PermanentError, map_errors
+from sender.errors import AdapterClosed, PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
 from sender.ports import Resource
 from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
@@ -216,7 +216,7 @@ class SqsDestination(Resource):
 
     async def _get_client(self) -> Any:
         if self._closed:
-            raise RuntimeError(f"sqs destination {self.name} is closed")
+            raise AdapterClosed(f"sqs destination {self.name}")
         async with self._opening:
             if self._client is None:
                 config = AioConfig(
@@ -239,6 +239,8 @@ class SqsDestination(Resource):
 
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
         """Send one message; ``PermanentError`` when the chunk is over the message cap."""
+        if self._closed:
+            raise AdapterClosed(f"sqs destination {self.name}")
         queue_url = self.options.queue_url
         params, size = message_request(chunk, queue_url)
         cap = self.options.max_message_size
@@ -254,6 +256,7 @@ class SqsDestination(Resource):
         return Receipt(location=f"{queue_url}#{reply['MessageId']}")
 
     async def aclose(self) -> None:
+        """Close the client; idempotent. ``deliver`` afterwards raises ``AdapterClosed``."""
         if self._closed:
             return
         self._closed = True

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 from . import __version__
 from .codecs import CODEC_EXTENSIONS, CONTENT_TYPES, EXTENSIONS
 from .config import DestinationOptions
-from .errors import PermanentError
+from .errors import AdapterClosed, PermanentError
 from .log import get_logger
 from .model import EncodedChunk, Receipt
 from .ports import BatchSummary, ChunkRecord, Resource
@@ -228,8 +228,9 @@ class BucketDrop(ABC, Resource):
     """The bucket-drop flow shared by object-store destinations.
 
     Subclasses call ``super().__init__(name, options, scheme)`` and implement ``put_object``,
-    ``object_sizes`` and ``aclose``, raising ``RetryableError`` or ``PermanentError`` (their
-    SDK's errors translated).
+    ``object_sizes`` and ``_release``, raising ``RetryableError`` or ``PermanentError`` (their
+    SDK's errors translated). ``aclose`` is here: idempotent, and once closed ``deliver`` and
+    ``finish_batch`` raise ``AdapterClosed``.
     """
 
     formats = frozenset(CONTENT_TYPES)
@@ -243,13 +244,25 @@ class BucketDrop(ABC, Resource):
         self.codec = options.compression
         self.manifest = options.manifest
         self.bucket_uri = f"{scheme}://{options.bucket}"
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, bucket={self.options.bucket!r})"
 
-    @abstractmethod
     async def aclose(self) -> None:
-        """Release the client; idempotent."""
+        """Release the client; idempotent. Afterwards every verb raises ``AdapterClosed``."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._release()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise AdapterClosed(f"{self.options.type} destination {self.name}")
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """Close the SDK client (called once, by ``aclose``)."""
 
     @abstractmethod
     async def put_object(
@@ -270,6 +283,7 @@ class BucketDrop(ABC, Resource):
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
         """Write ``chunk`` as one object (and its ``.meta.json`` when it carries a dead-letter
         context). The name is deterministic: a resend overwrites."""
+        self._check_open()
         content_type = CONTENT_TYPES.get(chunk.format)
         if content_type is None or chunk.codec not in CONTENT_ENCODINGS:
             raise PermanentError(
@@ -295,6 +309,7 @@ class BucketDrop(ABC, Resource):
         target, the dead-letter store): the drop is not complete, and a marker would tell the
         receiving team otherwise. Raises ``PermanentError`` if a chunk's object is missing.
         """
+        self._check_open()
         fields = dict(destination=self.name, batch_id=summary.batch_id, route=summary.route)
         if not self.manifest:
             return
