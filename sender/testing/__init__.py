@@ -1,5 +1,9 @@
 """Contract suites that every implementation of a port must pass, built-in or third-party.
 
+One suite per port: ``SourceContract`` (``sender.testing.source``), ``DestinationContract``
+(``sender.testing.destination``), ``TriggerContract`` (``sender.testing.trigger``) and
+``LedgerContract``; each module's docstring says which fixtures its suite needs.
+
 To check a ledger, subclass ``LedgerContract`` and define a ``ledger`` fixture yielding an
 opened ledger (a fresh, empty one per test)::
 
@@ -33,8 +37,19 @@ import pytest
 from ..errors import AdapterClosed, LedgerError
 from ..model import BatchState, ChunkState, ObjectInfo, TriggerMessage, idempotency_key
 from ..ports import ChunkRecord, Ledger, RouteStats
+from .destination import DestinationContract, make_encoded_chunk
+from .source import SourceContract
+from .trigger import TriggerContract
 
-__all__ = ["LedgerContract", "make_chunk", "make_message"]
+__all__ = [
+    "DestinationContract",
+    "LedgerContract",
+    "SourceContract",
+    "TriggerContract",
+    "make_chunk",
+    "make_encoded_chunk",
+    "make_message",
+]
 
 
 def make_message(batch_id: str = "b-1", dataset: str = "churn", **extra: Any) -> TriggerMessage:
