@@ -10,22 +10,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# the plug-in example installs like any third-party adapter: its tests run with ours
+$(STAMP): $(BIN)/python pyproject.toml examples/plugin/pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e examples/plugin
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sender demo
 
 test: $(STAMP)
-	$(BIN)/ruff check sender adapters tests bench
+	$(BIN)/ruff check sender adapters tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	cd examples/plugin && $(abspath $(BIN))/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check sender adapters tests bench
+	$(BIN)/ruff check sender adapters tests bench examples
 	$(BIN)/mypy
-	$(BIN)/ruff format --check sender adapters tests bench
+	$(BIN)/ruff format --check sender adapters tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
