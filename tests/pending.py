@@ -11,7 +11,7 @@ import pytest
 
 __all__ = ["ADAPTER_CLOSED", "pending"]
 
-ADAPTER_CLOSED = "AdapterClosed after aclose() is not in the adapters yet (helper `adapters`)"
+ADAPTER_CLOSED = "AdapterClosed after aclose() is not in this adapter yet (helpers adapters, http)"
 
 C = TypeVar("C", bound=type)
 

@@ -35,7 +35,6 @@ CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_destination_raises_adapter_
 # -- local ------------------------------------------------------------------------------
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestLocalDestination(DestinationContract):
     @pytest.fixture
     async def destination(self, tmp_path: Path) -> AsyncIterator[LocalDestination]:
@@ -86,7 +85,6 @@ class TestHttpDestination(DestinationContract):
 # -- buckets ------------------------------------------------------------------------------
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestS3Destination(DestinationContract):
     @pytest.fixture
     def bucket(self, moto_server: MotoServer, request: pytest.FixtureRequest) -> S3Bucket:
@@ -111,7 +109,6 @@ class TestS3Destination(DestinationContract):
             yield destination
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestGcsDestination(DestinationContract):
     @pytest.fixture
     def bucket(self, gcs_server: GcsServer, request: pytest.FixtureRequest) -> GcsBucket:
@@ -137,7 +134,6 @@ class TestGcsDestination(DestinationContract):
 # -- queues -------------------------------------------------------------------------------
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestSqsDestination(DestinationContract):
     resend_arrives_again = True  # a standard queue: the consumer drops it by idempotency-key
 
@@ -188,7 +184,6 @@ class TestSqsDestination(DestinationContract):
             yield destination
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestAmqpDestination(DestinationContract):
     resend_arrives_again = True  # a queue: the consumer drops the copy by its message id
 

@@ -21,7 +21,6 @@ Seed = Callable[[Mapping[str, bytes]], str]
 CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_source_raises_adapter_closed"
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestLocalSource(SourceContract):
     @pytest.fixture
     async def source(self) -> AsyncIterator[LocalSource]:
@@ -40,7 +39,6 @@ class TestLocalSource(SourceContract):
         return write
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestLocalSourceWithFileUris(TestLocalSource):
     @pytest.fixture
     def seed(self, tmp_path: Path) -> Seed:
@@ -54,7 +52,6 @@ class TestLocalSourceWithFileUris(TestLocalSource):
         return write
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestS3Source(SourceContract):
     @pytest.fixture
     async def source(self, moto_server: MotoServer) -> AsyncIterator[S3Source]:
@@ -74,7 +71,6 @@ class TestS3Source(SourceContract):
         return write
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestGcsSource(SourceContract):
     @pytest.fixture
     async def source(self, gcs_server: GcsServer) -> AsyncIterator[GcsSource]:

@@ -25,7 +25,6 @@ Lapse = Callable[[], object]
 CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_trigger_raises_adapter_closed"
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestSpoolTrigger(TriggerContract):
     @pytest.fixture
     def trigger(self, tmp_path: Path) -> Callable[[], SpoolTrigger]:
@@ -77,7 +76,6 @@ class TestHttpTrigger(TriggerContract):
         return past_the_lease
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestSqsTrigger(TriggerContract):
     """A message taken and not deleted is visible again once ``visibility`` (2 s on moto's
     own clock) has passed: the restarted trigger's long poll waits for it."""
@@ -99,7 +97,6 @@ class TestSqsTrigger(TriggerContract):
         return lambda: SqsTrigger(options)
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestAmqpTrigger(TriggerContract):
     @pytest.fixture
     def trigger(self, amqp_queue: str) -> Callable[[], AmqpTrigger]:
