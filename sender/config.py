@@ -114,6 +114,16 @@ class RetryConfig(Options):
     initial_s: Duration = Field(0.5, alias="initial", gt=0)
     max_s: Duration = Field(60.0, alias="max", gt=0)
     budget_s: Duration = Field(600.0, alias="budget", gt=0)
+    # the HTTP statuses worth another attempt; any other non-2xx answer is permanent
+    on_status: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+    @field_validator("on_status")
+    @classmethod
+    def _error_statuses(cls, value: frozenset[int]) -> frozenset[int]:
+        for status in sorted(value):
+            if not 300 <= status <= 599:
+                raise ValueError(f"{status} is not an HTTP error status (300-599)")
+        return value
 
 
 class CircuitConfig(Options):
