@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["configure_logging", "get_logger", "mask", "register_secret"]
+__all__ = ["configure_logging", "forget_secret", "get_logger", "mask", "register_secret"]
 
 _secrets: set[str] = set()
 MASK = "***"
@@ -25,6 +25,12 @@ def register_secret(value: str | None) -> None:
     """Never print ``value``. Short values are skipped: masking "a" would mask every "a"."""
     if value and len(value) >= 4:
         _secrets.add(value)
+
+
+def forget_secret(value: str | None) -> None:
+    """Stop masking ``value``: for short-lived secrets (OAuth2 access tokens) once replaced,
+    so that the masker does not grow with every token a long-running daemon fetched."""
+    _secrets.discard(value or "")
 
 
 def mask(text: str) -> str:
