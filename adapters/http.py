@@ -8,40 +8,44 @@ Each chunk is sent as the body of one ``POST`` (or ``PUT``) with headers that de
     Idempotency-Key    stable per (batch, route, chunk): a resend carries the same key
     X-Sender-Batch, X-Sender-Chunk, X-Sender-Route, X-Sender-Dataset, X-Sender-Records
     User-Agent         integration-sender/<version>
-    webhook-id, webhook-timestamp, webhook-signature   with ``signing_secret`` (Standard Webhooks)
+    Authorization      with ``auth`` (oauth2 client credentials, basic, bearer): http_auth
+    webhook-id, webhook-timestamp, webhook-signature   with ``signing_secret``: http_signing
 
-plus the configured ``headers`` (values may be secrets). The receiver's answer is classified by
-``classify_response``: 2xx is delivered; 408, 425, 429 and 5xx are retryable (with the
-``Retry-After`` the receiver gave); other 3xx/4xx are permanent. Connection errors and timeouts
-are retryable. aiohttp exceptions never leave this module.
+plus the configured ``headers`` (values may be secrets). ``url`` and header values may hold
+``{dataset}``, ``{batch_id}``, ``{route}``, ``{chunk}`` (http_templates); ``tls`` sets a
+private CA and a client certificate (http_tls). The answer is classified by
+``classify_response`` (http_response) under ``retry.on_status``. Redirects (301, 302, 307,
+308) are followed with the same request only to the same scheme, host and port: credentials
+and signatures never go to another origin, and a redirect elsewhere is a permanent error
+naming the location. aiohttp exceptions never leave these modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import io
-import os
-import re
-import socket
 import time
-from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
-from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
-from pydantic import SecretStr, field_validator
 
 from sender import __version__
-from sender.config import DestinationOptions, mask_url
-from sender.errors import DeliveryError, PermanentError, RetryableError
+from sender.config import mask_url
+from sender.errors import AdapterClosed, DeliveryError, PermanentError
+from sender.log import register_secret
 from sender.model import EncodedChunk, Receipt
 from sender.ports import Resource
+from sender_adapters.http_auth import Authenticator, authenticator
+from sender_adapters.http_options import CONTENT_TYPES, HttpOptions
+from sender_adapters.http_response import (
+    classify_response,
+    client_error,
+    parse_retry_after,
+    read_bounded,
+)
+from sender_adapters.http_signing import Signer, sign
+from sender_adapters.http_templates import Template, header_value
 
 __all__ = [
     "CONTENT_TYPES",
@@ -51,160 +55,18 @@ __all__ = [
     "sign",
 ]
 
-CONTENT_TYPES = {
-    "ndjson": "application/x-ndjson",
-    "json": "application/json",
-    "csv": "text/csv; charset=utf-8",
-}
 _CONTENT_ENCODINGS = {"none": None, "gzip": "gzip", "zstd": "zstd"}
-
-# headers that describe the body or the chunk: a configured header must not change them
-_RESERVED = frozenset(
-    name.lower()
-    for name in (
-        "Content-Encoding",
-        "Content-Length",
-        "Transfer-Encoding",
-        "Host",
-        "Idempotency-Key",
-        "X-Sender-Batch",
-        "X-Sender-Chunk",
-        "X-Sender-Route",
-        "X-Sender-Dataset",
-        "X-Sender-Records",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    )
-)
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
-
-_RETRYABLE_STATUSES = frozenset({408, 425, 429})
-_BODY_EXCERPT = 200
-# an X-RateLimit-Reset above this is a unix time, not a number of seconds (GitHub's style)
-_EPOCH_THRESHOLD = 1_000_000_000
+_FOLLOWED = frozenset({301, 302, 307, 308})  # redirects that keep the method and the body
+_MAX_HOPS = 5
+# signing a chunk larger than this (decompress + HMAC) runs in a worker thread, off the loop
+_SIGN_INLINE_BYTES = 256 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delta-seconds (``"120"``) or an HTTP-date
-    (``"Wed, 21 Oct 2015 07:28:00 GMT"``) taken relative to ``now`` (unix seconds, default the
-    current time). Never negative; None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is unreadable
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def _rate_limit_reset(headers: Mapping[str, str], now: float) -> float | None:
-    for name in ("RateLimit-Reset", "X-RateLimit-Reset"):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value.strip())
-        except ValueError:
-            continue
-        if seconds != seconds:  # NaN
-            continue
-        if seconds > _EPOCH_THRESHOLD:
-            seconds -= now
-        return max(0.0, seconds)
-    return None
-
-
-def _excerpt(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    return text[:_BODY_EXCERPT]
-
-
-def classify_response(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    url: str,
-    now: float | None = None,
-) -> Receipt | RetryableError | PermanentError:
-    """What a receiver's answer means for the chunk: a ``Receipt`` (2xx), a ``RetryableError``
-    (408, 425, 429, 5xx; ``retry_after`` from ``Retry-After``, or for 429 from
-    ``RateLimit-Reset``/``X-RateLimit-Reset``) or a ``PermanentError`` (any other status; the
-    reason quotes the status and the start of the body). ``headers`` must be case-insensitive
-    (aiohttp's are). Pure: the caller raises."""
-    if 200 <= status < 300:
-        return Receipt(location=url, status=status)
-    excerpt = _excerpt(body)
-    detail = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
-    if status in _RETRYABLE_STATUSES or 500 <= status < 600:
-        current = time.time() if now is None else now
-        retry_after = parse_retry_after(headers.get("Retry-After"), now=current)
-        if retry_after is None and status == 429:
-            retry_after = _rate_limit_reset(headers, current)
-        return RetryableError(detail, status=status, retry_after=retry_after)
-    if 300 <= status < 400:
-        location = headers.get("Location")
-        if location:
-            detail += f" (redirect to {location}; redirects are not followed)"
-    return PermanentError(detail, status=status)
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks signature header value: ``v1,<base64 HMAC-SHA256>`` over
-    ``f"{msg_id}.{timestamp}."`` + body. A ``whsec_``-prefixed secret is base64 (the part after
-    the prefix); any other secret is used as its UTF-8 bytes."""
-    key: bytes
-    if secret.startswith("whsec_"):
-        try:
-            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except binascii.Error as exc:
-            raise ValueError("a whsec_ signing secret must be base64 after the prefix") from exc
-    else:
-        key = secret.encode()
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
-def _header_value(value: str) -> str:
-    # ids and names come from trigger messages: keep headers valid ASCII without CR/LF
-    if value.isascii() and value.isprintable():
-        return value
-    return quote(value, safe="".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"))
-
-
-def _describe_client_error(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, TimeoutError):  # incl. aiohttp's ServerTimeoutError
-        return f"timeout after {timeout_s:g}s"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate error: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-        if isinstance(os_error, socket.gaierror) or not os_error.errno:
-            reason = os_error.strerror or str(os_error)  # "name or service not known"
-        else:
-            # asyncio's strerror is "Connect call failed (...)": the errno says why
-            reason = os.strerror(os_error.errno)
-        return f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected without an answer"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"broken response: {exc}"
-    if isinstance(exc, OSError) and exc.strerror:  # ClientOSError: reset, broken pipe...
-        return f"connection error: {exc.strerror.lower()}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
 class HttpDestination(Resource):
@@ -212,64 +74,17 @@ class HttpDestination(Resource):
 
     One pooled ``aiohttp.ClientSession`` per destination, created on the first ``deliver``
     inside the running loop; at most ``concurrency`` requests are in flight (``max_concurrency``
-    when concurrency is ``"adaptive"``: the core's limiter then decides below that). Redirects
-    are not followed. Use as an async context manager or call ``aclose()`` (idempotent);
-    ``deliver`` after close raises ``RuntimeError``.
+    when concurrency is ``"adaptive"``: the core's limiter then decides below that). Use as
+    an async context manager or call ``aclose()`` (idempotent); ``deliver`` after close raises
+    ``AdapterClosed``.
     """
 
-    class Options(DestinationOptions):
-        """``[destinations.<name>]`` with ``type = "http"``.
-
-        ``headers`` are sent with every request (values may be ``${file:...}`` secrets); they
-        may replace ``User-Agent`` or ``Content-Type`` (a vendor media type) but not the headers
-        that describe the body or the chunk. ``signing_secret`` turns on Standard Webhooks
-        signatures (``whsec_<base64>`` or any other string, used as its UTF-8 bytes).
-        """
-
-        type: str = "http"
-        url: str
-        method: Literal["POST", "PUT"] = "POST"
-        headers: dict[str, SecretStr] = {}
-        signing_secret: SecretStr | None = None
-
-        @field_validator("url")
-        @classmethod
-        def _http_url(cls, value: str) -> str:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host")
-            return value
-
-        @field_validator("headers")
-        @classmethod
-        def _valid_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-            for name, secret in value.items():
-                if not _TOKEN.match(name):
-                    raise ValueError(f"{name!r} is not a valid header name")
-                if name.lower() in _RESERVED:
-                    raise ValueError(f"{name!r} is set by the sender and cannot be configured")
-                if any(c in secret.get_secret_value() for c in "\r\n\x00"):
-                    raise ValueError(f"the value of {name!r} must not contain line breaks")
-            return value
-
-        @field_validator("signing_secret")
-        @classmethod
-        def _valid_secret(cls, value: SecretStr | None) -> SecretStr | None:
-            if value is not None:
-                secret = value.get_secret_value()
-                if not secret:
-                    raise ValueError("must not be empty")
-                if secret.startswith("whsec_"):
-                    try:
-                        base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-                    except binascii.Error:
-                        raise ValueError("must be base64 after the whsec_ prefix") from None
-            return value
+    Options = HttpOptions
 
     formats = frozenset(CONTENT_TYPES)
     codecs = frozenset(_CONTENT_ENCODINGS)
 
-    def __init__(self, name: str, options: HttpDestination.Options) -> None:
+    def __init__(self, name: str, options: HttpOptions) -> None:
         self.name = name
         self.options = options
         self.limit = options.max_in_flight
@@ -278,13 +93,25 @@ class HttpDestination(Resource):
         # timeout would otherwise count the wait for a pooled connection)
         self._slots = asyncio.Semaphore(self.limit)
         self._closed = False
-        # a configured User-Agent or Content-Type replaces ours (names are case-insensitive)
+        self._url = Template(options.url, for_url=True)
         self._static_headers: CIMultiDict[str] = CIMultiDict(
             {"User-Agent": f"integration-sender/{__version__}"}
         )
+        self._header_templates: list[tuple[str, Template]] = []
         for key, value in options.headers.items():
-            self._static_headers[key] = value.get_secret_value()
-        self._location = mask_url(options.url)  # what receipts and logs show
+            template = Template(value.get_secret_value(), for_url=False)
+            if template.static:
+                # a configured User-Agent or Content-Type replaces ours (case-insensitive)
+                self._static_headers[key] = template.plain
+            else:
+                self._header_templates.append((key, template))
+        secrets = options.signing_secrets
+        for secret in secrets:
+            register_secret(secret)
+        self._signer = Signer(secrets) if secrets else None
+        self.auth: Authenticator | None = authenticator(options.auth, timeout_s=options.timeout_s)
+        self._ssl = options.tls.context() if options.tls is not None else True
+        self._location = mask_url(options.url)  # what logs show
 
     def __repr__(self) -> str:
         return f"HttpDestination({self.name!r}, url={self._location!r})"
@@ -292,13 +119,18 @@ class HttpDestination(Resource):
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.limit),
+                connector=aiohttp.TCPConnector(limit=self.limit, ssl=self._ssl),
                 timeout=aiohttp.ClientTimeout(total=self.options.timeout_s),
+                # deliveries are stateless: no cookie is kept, so none can travel anywhere
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
-    def headers_for(self, chunk: EncodedChunk, *, timestamp: int | None = None) -> CIMultiDict[str]:
-        """The request headers for ``chunk`` (signed over its payload when configured)."""
+    def url_for(self, chunk: EncodedChunk) -> str:
+        """The request URL for ``chunk`` (placeholders filled in)."""
+        return self._url.render(chunk)
+
+    def _unsigned_headers(self, chunk: EncodedChunk) -> CIMultiDict[str]:
         content_type = CONTENT_TYPES.get(chunk.format)
         if content_type is None or chunk.codec not in _CONTENT_ENCODINGS:
             raise PermanentError(
@@ -306,43 +138,100 @@ class HttpDestination(Resource):
             )
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
         headers.update(self._static_headers)
+        for key, template in self._header_templates:
+            headers[key] = template.render(chunk)
         encoding = _CONTENT_ENCODINGS[chunk.codec]
         if encoding is not None:
             headers["Content-Encoding"] = encoding
         headers.update(
             {
                 "Idempotency-Key": chunk.idempotency_key,
-                "X-Sender-Batch": _header_value(chunk.batch_id),
+                "X-Sender-Batch": header_value(chunk.batch_id),
                 "X-Sender-Chunk": chunk.chunk_id,
-                "X-Sender-Route": _header_value(chunk.route),
-                "X-Sender-Dataset": _header_value(chunk.dataset),
+                "X-Sender-Route": header_value(chunk.route),
+                "X-Sender-Dataset": header_value(chunk.dataset),
                 "X-Sender-Records": str(chunk.records),
             }
         )
-        if self.options.signing_secret is not None:
+        return headers
+
+    def _signed(self, headers: CIMultiDict[str], chunk: EncodedChunk, ts: int, sig: str) -> None:
+        headers["webhook-id"] = chunk.idempotency_key
+        headers["webhook-timestamp"] = str(ts)
+        headers["webhook-signature"] = sig
+
+    def headers_for(self, chunk: EncodedChunk, *, timestamp: int | None = None) -> CIMultiDict[str]:
+        """The request headers for ``chunk``, signed over its uncompressed payload when a
+        ``signing_secret`` is configured (``Authorization`` is added per request)."""
+        headers = self._unsigned_headers(chunk)
+        if self._signer is not None:
             ts = int(time.time()) if timestamp is None else timestamp
-            headers["webhook-id"] = chunk.idempotency_key
-            headers["webhook-timestamp"] = str(ts)
-            headers["webhook-signature"] = sign(
-                self.options.signing_secret.get_secret_value(),
-                chunk.idempotency_key,
-                ts,
-                chunk.payload,
+            signature = self._signer.signature(
+                chunk.idempotency_key, ts, chunk.payload, chunk.codec
             )
+            self._signed(headers, chunk, ts, signature)
+        return headers
+
+    async def _headers(self, chunk: EncodedChunk) -> CIMultiDict[str]:
+        if self._signer is None or chunk.raw_size <= _SIGN_INLINE_BYTES:
+            return self.headers_for(chunk)
+        headers = self._unsigned_headers(chunk)
+        ts = int(time.time())
+        signature = await asyncio.to_thread(
+            self._signer.signature, chunk.idempotency_key, ts, chunk.payload, chunk.codec
+        )
+        self._signed(headers, chunk, ts, signature)
         return headers
 
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
-        """Send ``chunk`` in one request. Returns a ``Receipt`` (the URL and status) on 2xx;
-        raises ``RetryableError`` (connection errors, timeouts, 408/425/429/5xx, with
-        ``retry_after`` when the receiver gave one) or ``PermanentError`` (other answers)."""
+        """Send ``chunk`` in one request (following same-origin redirects, and once more
+        after a 401 when an OAuth2 token was refreshed). Returns a ``Receipt`` (the URL and
+        status) on 2xx; raises ``RetryableError`` (no answer, a status in
+        ``retry.on_status``, a failing token endpoint) or ``PermanentError`` (other answers;
+        ``gone`` for 410), each with ``status`` (None without an answer)."""
         if self._closed:
-            raise RuntimeError("destination closed")
-        headers = self.headers_for(chunk)
-        url = self.options.url
+            raise AdapterClosed(f"destination {self.name}")
+        headers = await self._headers(chunk)
+        url = self.url_for(chunk)
         async with self._slots:
             if self._closed:  # closed while this chunk waited for a slot
-                raise RuntimeError("destination closed")
+                raise AdapterClosed(f"destination {self.name}")
             session = self._client()
+            used = None
+            if self.auth is not None:
+                used = headers["Authorization"] = await self.auth.authorization(session)
+            status, answer_headers, body, url = await self._exchange(session, url, headers, chunk)
+            if (
+                status == 401
+                and used is not None
+                and self.auth is not None
+                and await self.auth.rejected(session, used)
+            ):
+                headers["Authorization"] = await self.auth.authorization(session)
+                status, answer_headers, body, url = await self._exchange(
+                    session, url, headers, chunk
+                )
+        outcome = classify_response(
+            status,
+            answer_headers,
+            body,
+            url=mask_url(url),
+            on_status=self.options.retry.on_status,
+        )
+        if isinstance(outcome, DeliveryError):
+            raise outcome
+        return outcome
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        headers: CIMultiDict[str],
+        chunk: EncodedChunk,
+    ) -> tuple[int, CIMultiDict[str], bytes, str]:
+        """One request, and its same-origin redirects: (status, headers, body start, URL)."""
+        origin = _origin(url)
+        for _ in range(_MAX_HOPS + 1):
             try:
                 async with session.request(
                     self.options.method,
@@ -353,22 +242,27 @@ class HttpDestination(Resource):
                     headers=headers,
                     allow_redirects=False,
                 ) as response:
-                    # read the whole answer so the connection goes back to the pool clean
-                    body = await response.read()
-                    outcome = classify_response(
-                        response.status, response.headers, body, url=self._location
-                    )
+                    body = await read_bounded(response)
+                    status, answer = response.status, CIMultiDict(response.headers)
             except aiohttp.InvalidURL as exc:  # retrying cannot fix the address
-                raise PermanentError(f"invalid URL {self._location}") from exc
+                raise PermanentError(f"invalid URL {mask_url(url)}") from exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # a receiver too slow to answer in time is pushing back as surely as a 429
-                raise RetryableError(
-                    _describe_client_error(exc, self.options.timeout_s),
-                    push_back=isinstance(exc, TimeoutError),
-                ) from exc
-        if isinstance(outcome, DeliveryError):
-            raise outcome
-        return outcome
+                raise client_error(exc, self.options.timeout_s) from exc
+            location = answer.get("Location")
+            if status not in _FOLLOWED or not location:
+                return status, answer, body, url
+            target = urljoin(url, location)
+            if _origin(target) != origin:
+                raise PermanentError(
+                    f"HTTP {status}: redirect to {mask_url(target)} not followed: another "
+                    f"origin than {mask_url(url)} (credentials and signatures stay with it)",
+                    status=status,
+                )
+            url = target
+        raise PermanentError(
+            f"HTTP {status}: more than {_MAX_HOPS} redirects, the last to {mask_url(url)}",
+            status=status,
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent; the destination refuses work afterwards."""

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import csv
 import gzip
-import hashlib
-import hmac
 import io
 import socket
 import time
@@ -23,12 +20,12 @@ from multidict import CIMultiDict
 from pydantic import ValidationError
 
 from sender import __version__
-from sender.errors import PermanentError, RetryableError
+from sender.errors import AdapterClosed, PermanentError, RetryableError
 from sender.model import EncodedChunk, Receipt, idempotency_key
 from sender.ports import Destination
 from sender.registry import adapter_class
 from sender.testing.receiver import Receiver
-from sender_adapters.http import HttpDestination, classify_response, parse_retry_after, sign
+from sender_adapters.http import HttpDestination, classify_response, parse_retry_after
 
 RECORDS = [
     {"id": "c-1", "score": "0.91", "model": "churn-v3"},
@@ -236,54 +233,6 @@ def test_non_ascii_batch_ids_become_valid_header_values() -> None:
     assert headers["X-Sender-Batch"] == "lot-%C3%A9t%C3%A9"
 
 
-# signing ----------------------------------------------------------------------------------
-
-
-def expected_signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
-    signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-@pytest.mark.parametrize(
-    ("secret", "key"),
-    [
-        ("whsec_" + base64.b64encode(b"0123456789abcdef0123").decode(), b"0123456789abcdef0123"),
-        ("plain-shared-secret", b"plain-shared-secret"),
-    ],
-)
-async def test_signed_request_verifies_with_the_standard_webhooks_scheme(
-    receiver: Receiver, make_destination: MakeDestination, secret: str, key: bytes
-) -> None:
-    destination = make_destination(receiver.url, signing_secret=secret)
-    chunk = make_chunk(codec="zstd")
-    before = int(time.time())
-
-    await destination.deliver(chunk)
-
-    [request] = receiver.requests
-    headers = request.headers
-    assert headers["webhook-id"] == chunk.idempotency_key
-    assert before <= int(headers["webhook-timestamp"]) <= int(time.time())
-    assert headers["webhook-signature"] == expected_signature(
-        key, headers["webhook-id"], headers["webhook-timestamp"], request.body_raw
-    )
-
-
-def test_sign_matches_the_standard_webhooks_reference_vector() -> None:
-    # from the Standard Webhooks specification's test vectors
-    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    body = b'{"test": 2432232314}'
-    assert (
-        sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
-        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    )
-
-
-def test_signing_secret_must_be_base64_after_whsec() -> None:
-    with pytest.raises(ValidationError, match="signing_secret"):
-        HttpDestination.Options(url="https://crm.internal/", signing_secret="whsec_not base64!")
-
-
 # outcomes -----------------------------------------------------------------------------------
 
 
@@ -292,6 +241,7 @@ async def test_503_is_retryable(receiver: Receiver, make_destination: MakeDestin
     with pytest.raises(RetryableError, match="HTTP 503: upstream overloaded") as caught:
         await make_destination(receiver.url).deliver(make_chunk())
     assert caught.value.retry_after is None
+    assert (caught.value.status, caught.value.push_back) == (503, True)
 
 
 async def test_429_with_retry_after_seconds_says_when_to_come_back(
@@ -359,6 +309,8 @@ async def test_connection_refused_is_retryable(
     with pytest.raises(RetryableError, match="connection refused") as caught:
         await destination.deliver(make_chunk())
     assert caught.value.__cause__ is not None  # the aiohttp error is kept as the cause
+    assert caught.value.status is None  # no answer
+    assert caught.value.push_back is False  # a refusal says nothing about load
 
 
 async def test_slow_receiver_times_out_as_retryable(
@@ -367,9 +319,11 @@ async def test_slow_receiver_times_out_as_retryable(
     receiver.slow(30)  # released when the receiver stops
     destination = make_destination(receiver.url, timeout="200ms")
     started = time.monotonic()
-    with pytest.raises(RetryableError, match=r"timeout after 0\.2s"):
+    with pytest.raises(RetryableError, match=r"timeout after 0\.2s") as caught:
         await destination.deliver(make_chunk())
     assert time.monotonic() - started < 5
+    assert caught.value.status is None
+    assert caught.value.push_back is True  # a receiver too slow to answer may be overloaded
 
 
 async def test_dropped_connection_is_retryable(
@@ -415,7 +369,7 @@ async def test_aclose_is_idempotent_and_a_closed_destination_refuses_work(
         await d.deliver(make_chunk())
     await d.aclose()
     await d.aclose()
-    with pytest.raises(RuntimeError, match="destination closed"):
+    with pytest.raises(AdapterClosed, match="destination crm_api is closed"):
         await d.deliver(make_chunk())
 
 
@@ -485,19 +439,31 @@ def test_2xx_is_delivered(status: int) -> None:
     assert classify(status) == Receipt(location="https://crm/api", status=status)
 
 
-@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 599])
-def test_timeouts_throttling_and_server_errors_are_retryable(status: int) -> None:
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+def test_timeouts_throttling_and_server_errors_are_retryable_by_default(status: int) -> None:
     outcome = classify(status)
     assert isinstance(outcome, RetryableError)
     assert outcome.reason == f"HTTP {status}"
+    assert outcome.status == status
+    assert outcome.push_back is (status in (429, 503))
 
 
-@pytest.mark.parametrize("status", [301, 304, 400, 401, 403, 404, 409, 410, 413, 415, 422])
+@pytest.mark.parametrize(
+    "status", [301, 304, 400, 401, 403, 404, 409, 413, 415, 422, 501, 505, 599]
+)
 def test_other_statuses_are_permanent(status: int) -> None:
     outcome = classify(status, b"nope")
     assert isinstance(outcome, PermanentError)
     assert outcome.status == status
+    assert outcome.gone is False
     assert outcome.reason.startswith(f"HTTP {status}: nope")
+
+
+def test_410_is_permanent_and_says_the_destination_is_gone() -> None:
+    outcome = classify(410, b"endpoint retired")
+    assert isinstance(outcome, PermanentError)
+    assert (outcome.status, outcome.gone, outcome.payload) == (410, True, False)
+    assert outcome.reason.startswith("HTTP 410: endpoint retired")
 
 
 def test_permanent_reason_quotes_only_the_first_200_characters_of_the_body() -> None:
