@@ -61,7 +61,6 @@ class TestLocalDestination(DestinationContract):
 # -- http -------------------------------------------------------------------------------
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestHttpDestination(DestinationContract):
     resend_arrives_again = True  # the receiver drops the copy by its Idempotency-Key
 
