@@ -9,28 +9,22 @@ a worker thread. Readers are streamed: memory holds a few read pieces, never a w
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import csv
-import ctypes
-import io
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import orjson
-
-from .chunker import Lines, framed, lines_size
+from .blocks import RecordBlock, consecutive_lines, numbered_lines
+from .chunker import Lines, framed
+from .csv_input import read_csv
 from .errors import SourceError
 from .model import BadRecord, ObjectInfo
+from .parquet_input import read_parquet
 from .ports import Source
-from .streams import SeekableObject, StreamReader
 
 if TYPE_CHECKING:
-    import gzip  # imported when a file needs it: most batches are not gzipped
+    pass  # imported when a file needs it: most batches are not gzipped
 
 __all__ = [
     "BatchObjects",
@@ -46,31 +40,8 @@ __all__ = [
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_CSV_ROWS_PER_BLOCK = 4096
-_PARQUET_ROWS_PER_BLOCK = 8192  # ~2.5 MB of NDJSON for 300-byte records
 _MAX_LINE = 64 * 1024 * 1024  # a "line" longer than this is a corrupt file, not a record
 _INFLATE_PIECE = 1024 * 1024  # inflated bytes handed on at a time
-
-
-@dataclass(slots=True)
-class RecordBlock:
-    """Good records as NDJSON lines, and the bad ones met on the way.
-
-    ``lines`` is a ``Lines`` buffer for JSONL and Parquet (no object per record), a list for
-    CSV; both are sequences of lines. ``size`` and ``records`` never split a buffer."""
-
-    lines: Sequence[bytes]
-    bad: list[BadRecord] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        """Bytes of the good records, without newlines."""
-        return lines_size(self.lines)
-
-    @property
-    def records(self) -> int:
-        """Good and bad records."""
-        return len(self.lines) + len(self.bad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +106,9 @@ async def read_records(
         if fmt == "jsonl":
             reader = _read_jsonl(source, obj)
         elif fmt == "csv":
-            reader = _read_in_thread(source, obj, _csv_blocks)
+            reader = read_csv(source, obj)
         elif fmt == "parquet":
-            reader = _read_parquet(source, obj)
+            reader = read_parquet(source, obj)
         else:
             raise SourceError(f"{obj.uri}: unknown format {fmt!r}")
         async for block in reader:
@@ -196,8 +167,9 @@ def _frame_check(lines: list[bytes], name: str, first_line_no: int) -> RecordBlo
         if not line or line[0] != 0x7B or line[-1] != 0x7D:
             break
     else:
-        return RecordBlock(lines)
+        return RecordBlock(lines, locate=consecutive_lines(name, first_line_no))
     good: list[bytes] = []
+    numbers: list[int] = []
     bad: list[BadRecord] = []
     for offset, line in enumerate(lines):
         stripped = line.strip()
@@ -205,10 +177,11 @@ def _frame_check(lines: list[bytes], name: str, first_line_no: int) -> RecordBlo
             continue
         if stripped[0] == 0x7B and stripped[-1] == 0x7D:
             good.append(stripped)
+            numbers.append(first_line_no + offset)
         else:
             reason = "truncated JSON object" if stripped[0] == 0x7B else "not a JSON object"
             bad.append(BadRecord(line, reason, f"{name}:{first_line_no + offset}"))
-    return RecordBlock(good, bad)
+    return RecordBlock(good, bad, locate=numbered_lines(name, numbers))
 
 
 def _frame_buffer(data: bytes, name: str, first_line_no: int) -> tuple[RecordBlock, int]:
@@ -218,7 +191,7 @@ def _frame_buffer(data: bytes, name: str, first_line_no: int) -> tuple[RecordBlo
     passes (``chunker.framed``) instead of an object per line."""
     count = framed(data)
     if count is not None:
-        return RecordBlock(Lines(data, count)), count
+        return RecordBlock(Lines(data, count), locate=consecutive_lines(name, first_line_no)), count
     lines = data[:-1].split(b"\n")
     block = _frame_check(lines, name, first_line_no)
     block.lines = Lines.of(block.lines)
@@ -268,176 +241,3 @@ async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBl
             yield block
     if rest.strip():
         yield _frame_check([rest], obj.name, line_no)
-
-
-# -- CSV and Parquet, converted in a worker thread ------------------------------------------
-
-
-# the shape of _csv_blocks: a generator, so that an abandoned read closes it in the worker thread
-_BlockFactory = Callable[
-    [Source, ObjectInfo, asyncio.AbstractEventLoop], Generator[RecordBlock, None, None]
-]
-
-
-async def _read_in_thread(
-    source: Source, obj: ObjectInfo, blocks: _BlockFactory
-) -> AsyncIterator[RecordBlock]:
-    loop = asyncio.get_running_loop()
-    iterator = await asyncio.to_thread(blocks, source, obj, loop)
-    try:
-        while True:
-            block = await asyncio.to_thread(next, iterator, None)
-            if block is None:
-                return
-            yield block
-    finally:
-        await asyncio.to_thread(iterator.close)
-
-
-def _open_stream(
-    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-) -> io.BufferedReader[StreamReader] | gzip.GzipFile:
-    raw = io.BufferedReader(StreamReader(source, obj, loop), buffer_size=1024 * 1024)
-    try:
-        magic = raw.peek(2)[:2]
-    except BaseException:
-        raw.close()  # here, in the worker thread, not whenever the loop's thread drops it
-        raise
-    if magic == _GZIP_MAGIC:
-        import gzip
-
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return raw
-
-
-def _csv_blocks(
-    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-) -> Generator[RecordBlock, None, None]:
-    import gzip
-
-    stream = _open_stream(source, obj, loop)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
-    delimiter = "\t" if obj.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-    rows = csv.reader(text, delimiter=delimiter)
-    try:
-        try:
-            header = next(rows)
-        except StopIteration:
-            return
-        width = len(header)
-        # rows leave as one Lines buffer per block: an object per row, kept until its chunk
-        # is sent, would pin whole arenas of the parser's short-lived objects in memory
-        lines: list[bytes] = []
-        bad: list[BadRecord] = []
-        dumps = orjson.dumps
-        for row in rows:
-            if len(row) == width:
-                lines.append(dumps(dict(zip(header, row, strict=True))))
-            elif row:  # blank lines are not records
-                raw = delimiter.join(row).encode()
-                reason = f"{len(row)} columns, header has {width}"
-                bad.append(BadRecord(raw, reason, f"{obj.name}:{rows.line_num}"))
-            if len(lines) + len(bad) >= _CSV_ROWS_PER_BLOCK:
-                yield RecordBlock(Lines.of(lines), bad)
-                lines, bad = [], []
-        if lines or bad:
-            yield RecordBlock(Lines.of(lines), bad)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise SourceError(f"{obj.uri}: unreadable CSV near line {rows.line_num}: {exc}") from exc
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise SourceError(f"{obj.uri}: corrupt or truncated file: {exc}") from exc
-    finally:
-        text.close()
-
-
-def _parquet_batches(
-    source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
-) -> Generator[Any, None, None]:
-    """Arrow record batches of a Parquet object; run it in one thread (it blocks)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    local_path = getattr(source, "local_path", None)
-    path = local_path(obj) if local_path else None
-    try:
-        file = open(path, "rb") if path else SeekableObject(source, obj, loop)  # noqa: SIM115
-    except OSError as exc:  # gone since it was listed: a SourceError like the other readers
-        raise SourceError(f"{obj.uri}: cannot open: {exc.strerror}") from exc
-    try:
-        try:
-            # pre_buffer (pyarrow's default) fetches every row group's column chunks up
-            # front, in one request as large as the file; without it each column chunk is
-            # read when its row group is, through a bounded buffer
-            parquet = pq.ParquetFile(file, buffer_size=1024 * 1024, pre_buffer=False)
-            # no pyarrow threads: this one decodes while another converts (_read_parquet)
-            yield from parquet.iter_batches(batch_size=_PARQUET_ROWS_PER_BLOCK, use_threads=False)
-        except (pa.ArrowException, OSError) as exc:
-            raise SourceError(f"{obj.uri}: corrupt or unreadable Parquet file: {exc}") from exc
-    finally:
-        file.close()
-
-
-def _malloc_trim() -> Callable[[int], object] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_trim = _malloc_trim()
-
-
-def _release_free_memory() -> None:
-    """Give the heap's free pages back to the system. Arrow buffers are allocated by one
-    thread and freed by others, so glibc's per-thread arenas keep growing holes that it
-    would not return on its own: on a 2 GB batch this is ~50 MiB of peak memory."""
-    if _trim is not None:
-        _trim(0)
-
-
-def _ndjson(obj: ObjectInfo, batch: Any) -> RecordBlock:
-    """A record batch as NDJSON, one line a row, each ending with a newline: a ``Lines``."""
-    import polars as pl
-
-    out = io.BytesIO()
-    try:
-        pl.from_arrow(batch).write_ndjson(out)  # type: ignore[union-attr]
-    except pl.exceptions.PolarsError as exc:
-        raise SourceError(f"{obj.uri}: cannot convert Parquet rows to JSON: {exc}") from exc
-    data = out.getvalue()
-    return RecordBlock(Lines(data, batch.num_rows) if data else [])
-
-
-async def _read_parquet(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBlock]:
-    """Parquet in two stages on two threads of their own: pyarrow decodes the next batch
-    while polars turns the last one into NDJSON, both without the GIL, beside the
-    compressors. Each stage keeps to one thread, so each allocator's per-thread caches are
-    held once, not by every worker of the default pool."""
-    loop = asyncio.get_running_loop()
-    decoder = ThreadPoolExecutor(1, thread_name_prefix="parquet-decode")
-    converter = ThreadPoolExecutor(1, thread_name_prefix="parquet-ndjson")
-    batches = _parquet_batches(source, obj, loop)
-
-    def decode() -> concurrent.futures.Future[RecordBlock] | None:
-        batch = next(batches, None)
-        # the conversion starts as soon as the batch is there, whatever the reader does
-        return None if batch is None else converter.submit(_ndjson, obj, batch)
-
-    decoding = loop.run_in_executor(decoder, decode)
-    blocks = 0
-    try:
-        while (converting := await decoding) is not None:
-            decoding = loop.run_in_executor(decoder, decode)
-            block = await asyncio.wrap_future(converting)
-            if block.lines:
-                yield block
-            blocks += 1
-            if blocks % 8 == 0:
-                _release_free_memory()
-    finally:
-        if not decoding.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(decoding)  # let the batch being read finish first
-        await loop.run_in_executor(decoder, batches.close)  # closes the file there
-        decoder.shutdown(wait=False)
-        converter.shutdown(wait=False, cancel_futures=True)
