@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from .casting import CastType
 from .errors import ConfigError
 from .log import register_secret
 from .ports import LedgerBound
@@ -252,6 +253,8 @@ class RouteConfig(Options):
     datasets: list[str] = Field(min_length=1)
     # output name = input name (dotted paths reach into nested objects)
     fields: dict[str, str] | None = None
+    # CSV input fields cast before projection: {input field: "str"|"int"|"float"|"bool"|"json"}
+    types: dict[str, CastType] | None = None
     chunk: ChunkConfig = ChunkConfig()
     targets: list[str] = Field(min_length=1)
     dead_letter: str | None = None
