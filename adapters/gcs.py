@@ -43,8 +43,7 @@ from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import AdapterClosed, SourceError, map_errors
 from sender.model import ObjectInfo
-from sender.ports import Resource
-from sender_adapters._readahead import ReadAhead
+from sender_adapters._bucket_source import BucketSource, split_bucket_uri
 
 __all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
 
@@ -59,12 +58,7 @@ _QUEUED_PIECES = 2  # pieces a download may run ahead of its reader
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/some/name`` → ``("bucket", "some/name")``; ``SourceError`` if malformed."""
-    if not uri.startswith("gs://"):
-        raise SourceError(f"{uri}: not a gs:// URI")
-    bucket, _, name = uri[5:].partition("/")
-    if not bucket:
-        raise SourceError(f"{uri}: no bucket in the URI")
-    return bucket, name
+    return split_bucket_uri(uri, "gs")
 
 
 def describe_gcs_error(exc: BaseException, where: str) -> tuple[str, bool]:
@@ -249,13 +243,15 @@ class _Pipe(io.RawIOBase):
         self._slots.release()  # wake a thread waiting for room
 
 
-class GcsSource(Resource):
+class GcsSource(BucketSource):
     """Lists and streams the objects of ``gs://bucket/prefix/`` batches.
 
     Listing is paginated; reads are streamed (see the module docstring) and ranged reads
     serve Parquet. Every object is read at the generation seen when listing, so an object
     rewritten mid-batch is an error rather than a silent mix.
     """
+
+    scheme, kind = "gs", "gcs"
 
     class Options(SourceOptions):
         """``[sources.<name>]`` with ``type = "gcs"``."""
@@ -270,6 +266,7 @@ class GcsSource(Resource):
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
+        super().__init__(self.options.read_size)
         self._client = _Client(
             project=self.options.project,
             endpoint=self.options.endpoint,
@@ -279,47 +276,36 @@ class GcsSource(Resource):
         )
         self._retry = DEFAULT_RETRY.with_timeout(self.options.retry_budget_s)
         self._pipes: set[_Pipe] = set()
-        self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
 
-    async def list(self, uri: str) -> list[ObjectInfo]:
-        """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""
-        bucket, name = split_gs_uri(uri)
-        prefix = name if not name or name.endswith("/") else name + "/"
+    async def _list_prefix(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         timeout, retry = self.options.timeout_s, self._retry
 
         def listing(client: storage.Client) -> list[ObjectInfo]:
-            found = []
+            fields = "items(name,size,generation),nextPageToken"
             blobs = client.list_blobs(
-                bucket,
-                prefix=prefix,
-                fields="items(name,size,generation),nextPageToken",
-                timeout=timeout,
-                retry=retry,
+                bucket, prefix=prefix, fields=fields, timeout=timeout, retry=retry
             )
-            for blob in blobs:
-                if blob.name.endswith("/"):  # a console "folder", not an object
-                    continue
-                found.append(ObjectInfo(f"gs://{bucket}/{blob.name}", blob.size or 0, _gen(blob)))
-            if found or prefix == name:
-                return found
-            blob = client.bucket(bucket).get_blob(name, timeout=timeout, retry=retry)
-            return [ObjectInfo(uri, blob.size or 0, _gen(blob))] if blob is not None else []
+            return [ObjectInfo(f"gs://{bucket}/{b.name}", b.size or 0, _gen(b)) for b in blobs]
 
         try:
-            found = await self._client.run(listing)
+            return await self._client.run(listing)
         except api_exceptions.NotFound as exc:
-            raise SourceError(f"no such bucket: {bucket} ({uri})") from exc
+            raise SourceError(f"no such bucket: {bucket} (gs://{bucket}/{prefix})") from exc
         except _SDK_ERRORS as exc:
-            raise SourceError(describe_gcs_error(exc, uri)[0]) from exc
-        if not found:
-            raise SourceError(f"{uri}: no such object or prefix (nothing there in bucket {bucket})")
-        return sorted(found, key=lambda o: o.uri)
+            raise SourceError(describe_gcs_error(exc, f"gs://{bucket}/{prefix}")[0]) from exc
 
-    async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
-        """The object's bytes in pieces of ``read_size`` (the last one shorter)."""
-        if self._client.closed:
-            raise AdapterClosed("gcs source")
-        bucket, name = split_gs_uri(obj.uri)
+    async def _stat(self, bucket: str, key: str, uri: str) -> ObjectInfo | None:
+        timeout, retry = self.options.timeout_s, self._retry
+
+        def stat(client: storage.Client) -> ObjectInfo | None:
+            blob = client.bucket(bucket).get_blob(key, timeout=timeout, retry=retry)
+            return ObjectInfo(uri, blob.size or 0, _gen(blob)) if blob is not None else None
+
+        with _source_errors(uri):
+            return await self._client.run(stat)
+
+    async def _stream(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        bucket, name = self.split(obj.uri)
         pipe = _Pipe(asyncio.get_running_loop(), self.options.read_size)
         timeout, retry = self.options.timeout_s, self._retry
 
@@ -330,8 +316,8 @@ class GcsSource(Resource):
             finally:
                 pipe.finish()
 
-        self._pipes.add(pipe)
         done = self._client.submit(download)
+        self._pipes.add(pipe)
         try:
             while (piece := await pipe.get()) is not None:
                 yield piece
@@ -349,16 +335,9 @@ class GcsSource(Resource):
             with contextlib.suppress(_Cancelled, *_SDK_ERRORS):
                 await done
 
-    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
-        ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
-        if self._client.closed:
-            raise AdapterClosed("gcs source")
-        return await self._ahead.read(obj, start, length)
-
     async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
         end = start + length - 1
-        bucket, name = split_gs_uri(obj.uri)
+        bucket, name = self.split(obj.uri)
         timeout, retry = self.options.timeout_s, self._retry
 
         def ranged(client: storage.Client) -> bytes:
@@ -371,12 +350,10 @@ class GcsSource(Resource):
         with _source_errors(obj.uri):
             return await self._client.run(ranged)
 
-    async def aclose(self) -> None:
-        """Stop running downloads and the thread pool; idempotent. Afterwards every verb
-        raises ``AdapterClosed``."""
+    async def _release(self) -> None:
+        """Stop running downloads and the thread pool."""
         for pipe in list(self._pipes):
             pipe.cancel()
-        self._ahead.clear()
         await self._client.aclose()
 
 

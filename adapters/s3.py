@@ -31,9 +31,8 @@ from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
 from sender.errors import AdapterClosed, SourceError, map_errors
 from sender.model import ObjectInfo
-from sender.ports import Resource
 from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
-from sender_adapters._readahead import ReadAhead
+from sender_adapters._bucket_source import BucketSource, split_bucket_uri
 
 __all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
 
@@ -45,12 +44,7 @@ _CREDENTIALS_HINT = (
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` → ``("bucket", "some/key")``; ``SourceError`` if malformed."""
-    if not uri.startswith("s3://"):
-        raise SourceError(f"{uri}: not an s3:// URI")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket:
-        raise SourceError(f"{uri}: no bucket in the URI")
-    return bucket, key
+    return split_bucket_uri(uri, "s3")
 
 
 _S3 = AwsService(
@@ -177,13 +171,15 @@ async def _read_piece(body: Any, size: int) -> bytes:
     return bytes(buffer)
 
 
-class S3Source(Resource):
+class S3Source(BucketSource):
     """Lists and streams the objects of ``s3://bucket/prefix/`` batches.
 
     Listing is paginated (any number of objects); reads are streamed in ``read_size`` pieces
     and pinned to the ETag seen when listing, so an object rewritten mid-batch is an error
     rather than a silent mix. botocore retries throttling and transient errors itself.
     """
+
+    scheme = kind = "s3"
 
     class Options(SourceOptions):
         """``[sources.<name>]`` with ``type = "s3"``."""
@@ -198,6 +194,7 @@ class S3Source(Resource):
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
+        super().__init__(self.options.read_size)
         self._client = _Client(
             endpoint_url=self.options.endpoint_url,
             region=self.options.region,
@@ -210,39 +207,21 @@ class S3Source(Resource):
             ),
             what="s3 source",
         )
-        self._ahead = ReadAhead(self._fetch_range, self.options.read_size)
 
-    async def list(self, uri: str) -> list[ObjectInfo]:
-        """Every object under the prefix, sorted; ``[that object]`` for an object's URI."""
-        bucket, key = split_s3_uri(uri)
-        client = await self._client_for(uri)
-        # a key without a trailing slash is a folder when objects are under it, else an object
-        prefix = key if not key or key.endswith("/") else key + "/"
+    async def _list_prefix(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        where = f"s3://{bucket}/{prefix}"
+        client = await self._client_for(where)
         found: list[ObjectInfo] = []
-        with _source_errors(f"s3://{bucket}/{prefix}"):
+        with _source_errors(where):
             paginator = client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", ()):
-                    if item["Key"].endswith("/"):  # a console "folder", not an object
-                        continue
-                    found.append(
-                        ObjectInfo(
-                            f"s3://{bucket}/{item['Key']}",
-                            int(item["Size"]),
-                            str(item.get("ETag", "")).strip('"'),
-                        )
-                    )
-        if found:
-            return sorted(found, key=lambda o: o.uri)
-        if prefix != key:
-            head = await self._head(client, bucket, key, uri)
-            if head is not None:
-                version = str(head.get("ETag", "")).strip('"')
-                return [ObjectInfo(uri, int(head["ContentLength"]), version)]
-        raise SourceError(f"{uri}: no such object or prefix (nothing there in bucket {bucket})")
+                    uri, etag = f"s3://{bucket}/{item['Key']}", str(item.get("ETag", ""))
+                    found.append(ObjectInfo(uri, int(item["Size"]), etag.strip('"')))
+        return found
 
-    @staticmethod
-    async def _head(client: Any, bucket: str, key: str, uri: str) -> dict[str, Any] | None:
+    async def _stat(self, bucket: str, key: str, uri: str) -> ObjectInfo | None:
+        client = await self._client_for(uri)
         try:
             head: dict[str, Any] = await client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
@@ -252,11 +231,10 @@ class S3Source(Resource):
             raise SourceError(describe_s3_error(exc, uri)[0]) from exc
         except AWS_SDK_ERRORS as exc:
             raise SourceError(describe_s3_error(exc, uri)[0]) from exc
-        return head
+        return ObjectInfo(uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
 
-    async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
-        """The object's bytes in pieces of ``read_size`` (the last one shorter)."""
-        bucket, key = split_s3_uri(obj.uri)
+    async def _stream(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        bucket, key = self.split(obj.uri)
         client = await self._client_for(obj.uri)
         size = self.options.read_size
         with _source_errors(obj.uri):
@@ -272,16 +250,9 @@ class S3Source(Resource):
         finally:
             body.close()
 
-    async def read_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (fewer at the end). Small reads are served from a
-        ``read_size`` block fetched ahead (Parquet reads column chunk by column chunk)."""
-        if self._client.closed:
-            raise AdapterClosed("s3 source")
-        return await self._ahead.read(obj, start, length)
-
     async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
         end = start + length - 1
-        bucket, key = split_s3_uri(obj.uri)
+        bucket, key = self.split(obj.uri)
         client = await self._client_for(obj.uri)
         with _source_errors(obj.uri):
             response = await client.get_object(
@@ -294,10 +265,7 @@ class S3Source(Resource):
         with _source_errors(where):
             return await self._client.get()
 
-    async def aclose(self) -> None:
-        """Close the connection pool; idempotent. Afterwards every verb raises
-        ``AdapterClosed``."""
-        self._ahead.clear()
+    async def _release(self) -> None:
         await self._client.aclose()
 
 
