@@ -62,8 +62,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import serve
 
     config = _config(args)
-    configure_logging(config.daemon.log_level)
+    configure_logging(config.daemon.log_level, log_format=_log_format(args, config))
     return await serve(config, burst=args.burst)
+
+
+def _log_format(args: argparse.Namespace, config: AppConfig | None = None) -> str | None:
+    """``--log-format``, else ``[daemon] log_format``, else None (decided by the terminal)."""
+    given: str | None = getattr(args, "log_format", None)
+    return given or (config.daemon.log_format if config is not None else None)
 
 
 def derive_batch_id(dataset: str, uri: str, versions: Sequence[str]) -> str:
@@ -459,6 +465,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-c", "--config", help="config file (default: $SENDER_CONFIG, then ./sender.toml)"
     )
+    # SUPPRESS: given before or after the command, a subcommand's default cannot erase it
+    common.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default=argparse.SUPPRESS,
+        help="logs as JSON lines or for people (default: for people on a terminal)",
+    )
     parser = argparse.ArgumentParser(
         prog="sender",
         description="Deliver prediction batches to other teams' platforms.",
@@ -585,7 +598,7 @@ async def amain(argv: Sequence[str]) -> int:
     _consoles()
     args = _parser().parse_args(argv)
     if args.command != "run":
-        configure_logging()
+        configure_logging(log_format=_log_format(args))
     return await _dispatch(args.func, args)
 
 
@@ -593,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _consoles()
     args = _parser().parse_args(argv)
     if args.command != "run":
-        configure_logging()
+        configure_logging(log_format=_log_format(args))
     try:
         return asyncio.run(_dispatch(args.func, args))
     except KeyboardInterrupt:

@@ -224,6 +224,8 @@ class DaemonConfig(Options):
     token: SecretStr | None = None  # bearer token for the control server's /v1 routes
     lease_s: Duration = Field(60.0, alias="lease", gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # None: for people on a terminal, JSON elsewhere (--log-format overrides this)
+    log_format: Literal["json", "console"] | None = None
 
     @field_validator("ledger", mode="before")
     @classmethod

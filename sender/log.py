@@ -1,4 +1,8 @@
-"""Structured logs: stable event names with fields, JSON off a terminal, secrets masked.
+"""Structured logs: stable event names with fields, secrets masked; for people on a terminal
+(structlog's console renderer), JSON lines anywhere else.
+
+The format is chosen, first to last: ``--log-format``, ``[daemon] log_format``, the
+``SENDER_LOG_FORMAT`` environment variable, then whether stderr is a terminal.
 
 Every secret the config loads (``${file:...}`` values, tokens, header values, passwords in
 URLs) is registered here, and a processor replaces it in every log line, whatever field or
@@ -15,7 +19,17 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["configure_logging", "forget_secret", "get_logger", "mask", "register_secret"]
+__all__ = [
+    "LOG_FORMATS",
+    "configure_logging",
+    "forget_secret",
+    "get_logger",
+    "mask",
+    "mask_values",
+    "register_secret",
+]
+
+LOG_FORMATS = ("json", "console")
 
 _secrets: set[str] = set()
 MASK = "***"
@@ -40,20 +54,21 @@ def mask(text: str) -> str:
     return text
 
 
-def _mask_values(value: Any) -> Any:
+def mask_values(value: Any) -> Any:
+    """``value`` with ``mask`` applied to every string inside it (dicts, lists, tuples)."""
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, dict):
-        return {k: _mask_values(v) for k, v in value.items()}
+        return {k: mask_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_mask_values(v) for v in value)
+        return type(value)(mask_values(v) for v in value)
     return value
 
 
 def _mask_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     if not _secrets:
         return event_dict
-    return {key: _mask_values(value) for key, value in event_dict.items()}
+    return {key: mask_values(value) for key, value in event_dict.items()}
 
 
 class _StderrLogger:
@@ -70,11 +85,18 @@ def _stderr_logger(*args: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
-    """Route structlog to stderr: JSON lines unless stderr is a terminal (or ``json`` says)."""
+def configure_logging(
+    level: str | None = None, *, json: bool | None = None, log_format: str | None = None
+) -> None:
+    """Route structlog to stderr: JSON lines, or lines for people (``log_format`` "console").
+
+    ``log_format`` ("json" or "console", from ``--log-format`` or ``[daemon] log_format``)
+    or ``json`` force one; otherwise ``$SENDER_LOG_FORMAT``, otherwise console on a
+    terminal and JSON anywhere else."""
     level_name = (level or os.environ.get("SENDER_LOG_LEVEL") or "info").upper()
     if json is None:
-        json = os.environ.get("SENDER_LOG_FORMAT", "") == "json" or not sys.stderr.isatty()
+        chosen = log_format or os.environ.get("SENDER_LOG_FORMAT", "").strip().lower()
+        json = chosen == "json" if chosen in LOG_FORMATS else not sys.stderr.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
