@@ -7,6 +7,8 @@ data as ``sender status --json``. The ``/v1`` routes need ``Authorization: Beare
 when a token is configured. ``POST /v1/batches`` takes the trigger's own token when it has
 one (``[trigger] token`` of the ``http`` trigger) as well as the daemon's, and also as a
 ``?token=`` query parameter: a Pub/Sub push subscription cannot send a fixed header.
+With a ``StatusPage`` (``sender.statuspage``) it also serves ``GET /``, ``/batches/{id}`` and
+``GET /v1/status``, which also take the page's session cookie.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from aiohttp import web
@@ -27,6 +29,9 @@ from .log import get_logger
 from .model import TriggerMessage, parse_trigger_message
 from .ports import Ledger
 from .serialize import batch_json
+
+if TYPE_CHECKING:
+    from .statuspage import StatusPage
 
 __all__ = ["ControlServer", "unwrap_pubsub"]
 
@@ -65,6 +70,7 @@ class ControlServer:
         token: str | None = None,
         accept_token: str | None = None,
         registry: CollectorRegistry | None = None,
+        page: StatusPage | None = None,
     ) -> None:
         self.ledger = ledger
         # what GET /metrics serves: the registry the daemon's Metrics was built on
@@ -73,6 +79,7 @@ class ControlServer:
         self.accept = accept
         self.token = token
         self.accept_token = accept_token  # also good for POST /v1/batches
+        self.page = page
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(middlewares=[self._auth])
@@ -86,6 +93,8 @@ class ControlServer:
                 web.post("/v1/batches", self._post_batch),
             ]
         )
+        if page is not None:
+            self.app.add_routes(page.routes())
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -100,7 +109,14 @@ class ControlServer:
                 matches = [
                     hmac.compare_digest(given.encode(), f"Bearer {t}".encode()) for t in tokens
                 ]
-                if not any(matches):
+                # the status page's session reads /v1/status (and nothing else under /v1)
+                session = (
+                    self.page is not None
+                    and request.method == "GET"
+                    and request.path == "/v1/status"
+                    and self.page.has_session(request)
+                )
+                if not any(matches) and not session:
                     return _json({"error": "missing or wrong bearer token"}, 401)
         response: web.StreamResponse = await handler(request)
         return response

@@ -38,10 +38,13 @@ from .config import AppConfig
 from .control import ControlServer
 from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .hooks import Hooks, MultiHooks
+from .live import LiveStatus
 from .log import get_logger
 from .metrics import Metrics
 from .model import BatchState, TriggerMessage, parse_trigger_message
 from .ports import Envelope, Ledger, Trigger
+from .statusdata import StatusSource
+from .statuspage import StatusPage
 from .systemd import SystemdNotifier
 
 __all__ = ["Daemon", "Settlement", "open_daemon", "open_trigger", "serve"]
@@ -474,13 +477,16 @@ async def open_daemon(
     # every daemon exports its metrics (/metrics), on a registry of its own, from the engine's
     # hooks and its targets
     metrics = Metrics(CollectorRegistry())
-    engine_hooks = MultiHooks([metrics.hooks(), hooks]) if hooks is not None else metrics.hooks()
+    # and its status page from them too
+    live = LiveStatus()
+    engine_hooks = MultiHooks([metrics.hooks(), live, *([hooks] if hooks is not None else [])])
     async with contextlib.AsyncExitStack() as stack:
         app = await stack.enter_async_context(App(config, hooks=engine_hooks, metrics=metrics))
         trigger = open_trigger(config, app.ledger)
         stack.push_async_callback(trigger.aclose)
         daemon = Daemon(app, trigger, burst=burst)
         token = config.daemon.token.get_secret_value() if config.daemon.token else None
+        source = StatusSource(config, app.ledger, app.targets, live, lambda: daemon.active)
         control = ControlServer(
             app.ledger,
             readiness=daemon.readiness,
@@ -488,6 +494,7 @@ async def open_daemon(
             token=token,
             accept_token=getattr(trigger, "accept_token", None),
             registry=metrics.registry,
+            page=StatusPage(source, token),
         )
         stack.push_async_callback(control.stop)
         try:

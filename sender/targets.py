@@ -33,6 +33,7 @@ from .circuit import CircuitBreaker, CircuitState
 from .concurrency import AIMDController, Limiter
 from .config import DestinationOptions
 from .errors import CircuitOpenError, DeliveryError, PermanentError, RetryableError
+from .live import AttemptLog
 from .log import get_logger
 from .metrics import Metrics
 from .model import EncodedChunk, Receipt
@@ -43,6 +44,11 @@ from .retry import RetryEvent, RetryPolicy, is_testing
 __all__ = ["Delivered", "Target"]
 
 log = get_logger("sender.targets")
+
+
+def _answered(error: RetryableError, seconds: float) -> float | None:
+    """``seconds`` when the receiver answered (a status), None for no answer at all."""
+    return seconds if error.status is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +124,7 @@ class Target:
         self.pause = Pause(clock=self._clock, sleep=self._sleep)
         self.retry = RetryPolicy(options.retry, sleep=sleep, clock=clock)
         self._rng = random.Random()  # one per target: seeding one per send costs a urandom
+        self.attempts = AttemptLog()  # latency, retries and the last error, for status pages
 
     @property
     def encoding(self) -> tuple[str, str, int | None]:
@@ -140,6 +147,8 @@ class Target:
             if self.rate_limiter
             else 0.0,
             "pauses": self.pause.pauses,
+            "circuit_retry_after_s": round(self.circuit.retry_after(), 3),
+            **self.attempts.stats(),
         }
 
     async def send(self, chunk: EncodedChunk, /, **log_fields: Any) -> Delivered:
@@ -205,19 +214,23 @@ class Target:
                 try:
                     receipt = await self._deliver(chunk)
                 except RetryableError as exc:
+                    self.attempts.failed(str(exc), _answered(exc, clock() - sent))
                     self._pushed_back(exc, log_fields)
                     if probe:  # a probe gets one attempt: the circuit decides, not retries
                         raise _Abort(exc, failed=True) from None
                     raise
-                except PermanentError:
+                except PermanentError as exc:
+                    self.attempts.failed(str(exc), clock() - sent)
                     self._observe(clock() - sent, pushed_back=False)
                     raise
                 self._observe(clock() - sent, pushed_back=False)
+                self.attempts.answered(clock() - sent)
                 return receipt
 
         def on_retry(event: RetryEvent) -> None:
             if self.metrics is not None:
                 self.metrics.retry(self.name)
+            self.attempts.retried()
             log.info(
                 "chunk.retry",
                 target=self.name,
