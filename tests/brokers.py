@@ -53,6 +53,7 @@ __all__ = [
     "sigterm_mid_batch_then_resume",
     "sqs_queue",
     "sqs_server",
+    "take_one",
     "watch_logs",
     "write_daemon_config",
 ]
@@ -122,6 +123,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def take_one(trigger: Any) -> Any:
+    """The trigger's next message (its stream closed again afterwards), within 20 s."""
+    stream = aiter(trigger.messages())
+    try:
+        async with asyncio.timeout(20):
+            return await anext(stream)
+    finally:
+        await stream.aclose()
 
 
 # -- SQS on moto ---------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The amqp trigger against the machine's RabbitMQ (127.0.0.1:5672), one queue per test."""
+"""The amqp trigger against the machine's RabbitMQ (127.0.0.1:5672), one queue per test: its
+queues, the dead-letter queue, reconnecting, a daemon process stopped mid-batch, the on-prem
+example config. What every trigger does is in test_contract_trigger.py."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tests.brokers import (
     churn_batch,
     running_daemon,
     sigterm_mid_batch_then_resume,
+    take_one,
     watch_logs,
     write_daemon_config,
 )
@@ -77,70 +80,22 @@ async def test_publish_declares_a_durable_queue_with_its_dead_letter_queue(
     await channel.declare_queue(f"{amqp_queue}.dead", passive=True)
 
 
-async def test_a_message_leads_to_a_delivered_batch_acked_only_after_completion(
-    tmp_path: Path, receiver: Receiver, amqp_queue: str, channel: AbstractChannel
+async def test_a_rejected_message_goes_to_the_dead_letter_queue(
+    tmp_path: Path, amqp_queue: str, channel: AbstractChannel
 ) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=amqp_trigger(amqp_queue))
-    await publish(amqp_queue, churn_batch(tmp_path, "b-1"))
-    receiver.slow(0.2)
-
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        await receiver.wait_for(lambda r: len(r.requests) >= 1)
-        assert daemon.settled_total == 0  # in flight: delivered to us, unacked
-
-        (settled,) = await daemon.wait_settled(1)
-
-    # the daemon's connection is closed now: an unacked message would be ready again
-    assert await ready(channel, amqp_queue) == 0
-    assert (settled.batch_id, settled.verb, settled.ok) == ("b-1", "ack", True)
-    assert {r.idempotency_key for r in receiver.accepted} == chunk_keys("b-1", 2)
-
-
-async def test_a_poison_message_is_dead_lettered_and_the_next_one_goes_through(
-    tmp_path: Path, receiver: Receiver, amqp_queue: str, channel: AbstractChannel
-) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=amqp_trigger(amqp_queue))
-    good = churn_batch(tmp_path, "b-good")
-    await publish(amqp_queue, good)  # declares the queues
-    unknown = TriggerMessage(batch_id="b-x", dataset="nobody-routes-this", uri="/tmp/x")
+    await publish(amqp_queue, churn_batch(tmp_path, "b-1"))  # declares the queues
     await publish_raw(channel, amqp_queue, b"{not json")
-    await publish_raw(channel, amqp_queue, unknown.to_json())
-    await publish(amqp_queue, good.model_copy(update={"batch_id": "b-good-2"}))
 
-    with watch_logs() as logs:
-        async with running_daemon(config) as daemon, asyncio.timeout(20):
-            settled = await daemon.wait_settled(4)
+    options = AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=amqp_queue)
+    async with AmqpTrigger(options) as trigger:
+        first = await take_one(trigger)
+        await first.ack()
+        poison = await take_one(trigger)
+        await poison.reject("not JSON")
 
-    assert sorted((s.batch_id or "", s.verb) for s in settled) == [
-        ("", "reject"),
-        ("", "reject"),
-        ("b-good", "ack"),
-        ("b-good-2", "ack"),
-    ]
-    reasons = sorted(e["reason"] for e in logs.find("trigger.rejected"))
-    assert "no route takes dataset" in reasons[0] and "not JSON" in reasons[1]
+    assert poison.body == b"{not json"
     assert await ready(channel, amqp_queue) == 0
-    assert await ready(channel, f"{amqp_queue}.dead") == 2
-
-
-async def test_a_duplicate_message_sends_nothing_twice(
-    tmp_path: Path, receiver: Receiver, amqp_queue: str, channel: AbstractChannel
-) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=amqp_trigger(amqp_queue))
-    message = churn_batch(tmp_path, "b-dup", records=20, parts=4)
-    await publish(amqp_queue, message)
-    await publish(amqp_queue, message)  # the pipeline step ran twice
-    receiver.slow(0.1)
-
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        await daemon.wait_settled(2)
-        await publish(amqp_queue, message)  # and once more, after the batch is complete
-        settled = await daemon.wait_settled(3)
-
-    assert [(s.batch_id, s.verb) for s in settled] == [("b-dup", "ack")] * 3
-    assert await ready(channel, amqp_queue) == 0
-    keys = [r.idempotency_key for r in receiver.accepted]
-    assert sorted(keys) == sorted(chunk_keys("b-dup", 4))  # each chunk exactly once
+    assert await ready(channel, f"{amqp_queue}.dead") == 1
 
 
 async def test_a_broker_gone_mid_batch_is_not_ready_then_reconnected_and_nothing_is_lost(

@@ -1,4 +1,7 @@
-"""The http trigger: POST /v1/batches on the daemon's control server, over real HTTP."""
+"""The http trigger: POST /v1/batches on the daemon's control server, over real HTTP (stored
+before the 202, refused at the door, the token, Pub/Sub push, publishing from outside the
+daemon, a daemon process stopped mid-batch). What every trigger does, the inbox included, is
+in test_contract_trigger.py."""
 
 from __future__ import annotations
 
@@ -102,24 +105,6 @@ async def test_a_poison_message_is_rejected_and_the_next_good_one_goes_through(
     assert stale is not None and stale.state == "rejected"
     assert stale.reason is not None and "dataset: Field required" in stale.reason
     assert {r.idempotency_key for r in receiver.accepted} == chunk_keys("b-good", 2)
-
-
-async def test_a_duplicate_message_sends_nothing_twice(tmp_path: Path, receiver: Receiver) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=HTTP)
-    message = churn_batch(tmp_path, "b-dup", records=20, parts=4)
-    receiver.slow(0.1)
-
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        assert (await post(daemon, message.to_json(), AUTH))[0] == 202
-        await receiver.wait_for(lambda r: len(r.requests) >= 1)
-        assert (await post(daemon, message.to_json(), AUTH))[0] == 202  # while in flight
-        await daemon.wait_settled(1)
-        assert (await post(daemon, message.to_json(), AUTH))[0] == 202  # once complete
-        settled = await daemon.wait_settled(2)
-
-    assert [(s.batch_id, s.verb) for s in settled] == [("b-dup", "ack")] * 2
-    keys = [r.idempotency_key for r in receiver.accepted]
-    assert sorted(keys) == sorted(chunk_keys("b-dup", 4))  # each chunk exactly once
 
 
 async def test_posting_needs_the_token_which_a_pubsub_push_may_pass_in_the_query(

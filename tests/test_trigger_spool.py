@@ -1,22 +1,16 @@
-"""The spool trigger (a directory of JSON files) driving the daemon, end to end."""
+"""The spool trigger (a directory of JSON files): its folders, and a real daemon process
+stopped mid-batch. What every trigger does is in test_contract_trigger.py."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from sender.config import load_config
 from sender.daemon import open_trigger
 from sender.model import TriggerMessage
 from sender.testing.receiver import Receiver
-from tests.brokers import (
-    DaemonProcess,
-    chunk_keys,
-    churn_batch,
-    running_daemon,
-    sigterm_mid_batch_then_resume,
-    write_daemon_config,
-)
+from sender_adapters.spool import SpoolTrigger
+from tests.brokers import DaemonProcess, churn_batch, sigterm_mid_batch_then_resume, take_one
 
 SPOOL = 'type = "spool"\npath = "queue"\npoll_s = "50ms"'
 
@@ -33,66 +27,40 @@ async def publish(config: Path, message: TriggerMessage) -> None:
         await trigger.aclose()
 
 
-async def test_a_message_leads_to_a_delivered_batch_acked_only_after_completion(
-    tmp_path: Path, receiver: Receiver
+def spool(tmp_path: Path) -> SpoolTrigger:
+    """A spool on ``tmp_path/queue``, used directly (no daemon)."""
+    return SpoolTrigger(SpoolTrigger.Options(type="spool", path=str(tmp_path / "queue")))
+
+
+async def test_a_claimed_message_sits_in_processing_until_acked_then_in_done(
+    tmp_path: Path,
 ) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
-    await publish(config, churn_batch(tmp_path, "b-1"))
     queue = tmp_path / "queue"
-    receiver.slow(0.2)
+    async with spool(tmp_path) as trigger:
+        await trigger.publish(churn_batch(tmp_path, "b-1"))
+        envelope = await take_one(trigger)
+        assert len(names(queue / "processing")) == 1
+        assert names(queue) == names(queue / "done") == []
 
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        await receiver.wait_for(lambda r: len(r.requests) >= 1)
-        assert len(names(queue / "processing")) == 1  # claimed, not yet acked
-        assert names(queue / "done") == []
+        await envelope.ack()
 
-        (settled,) = await daemon.wait_settled(1)
-
-    assert (settled.batch_id, settled.verb, settled.ok) == ("b-1", "ack", True)
-    assert len(names(queue / "done")) == 1
+    assert names(queue / "done") == [envelope.message_id]
     assert names(queue / "processing") == names(queue) == []
-    assert {r.idempotency_key for r in receiver.accepted} == chunk_keys("b-1", 2)
 
 
-async def test_a_poison_message_is_rejected_and_the_next_good_one_goes_through(
-    tmp_path: Path, receiver: Receiver
+async def test_a_rejected_message_is_kept_in_rejected_with_its_reason_beside_it(
+    tmp_path: Path,
 ) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
-    queue = tmp_path / "queue"
-    queue.mkdir()
-    (queue / "0-garbage.json").write_text("{not json")
-    unknown = TriggerMessage(batch_id="b-x", dataset="nobody-routes-this", uri="/tmp/x")
-    (queue / "1-unknown.json").write_bytes(unknown.to_json())
-    await publish(config, churn_batch(tmp_path, "b-good"))
+    rejected = tmp_path / "queue" / "rejected"
+    async with spool(tmp_path) as trigger:
+        await trigger.publish(churn_batch(tmp_path, "b-1"))
+        envelope = await take_one(trigger)
 
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        settled = await daemon.wait_settled(3)
+        await envelope.reject("no route takes dataset 'churn'")
 
-    verbs = sorted((s.batch_id or "", s.verb) for s in settled)
-    assert verbs == [("", "reject"), ("", "reject"), ("b-good", "ack")]
-    rejected = queue / "rejected"
-    assert names(rejected) == ["0-garbage.json", "1-unknown.json"]
-    assert "not JSON" in (rejected / "0-garbage.json.reason.txt").read_text()
-    assert "no route takes dataset" in (rejected / "1-unknown.json.reason.txt").read_text()
-    assert {r.idempotency_key for r in receiver.accepted} == chunk_keys("b-good", 2)
-
-
-async def test_a_duplicate_message_sends_nothing_twice(tmp_path: Path, receiver: Receiver) -> None:
-    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
-    message = churn_batch(tmp_path, "b-dup", records=20, parts=4)
-    await publish(config, message)
-    await publish(config, message)  # the pipeline step ran twice
-    receiver.slow(0.1)
-
-    async with running_daemon(config) as daemon, asyncio.timeout(20):
-        await daemon.wait_settled(2)
-        await publish(config, message)  # and once more, after the batch is complete
-        settled = await daemon.wait_settled(3)
-
-    assert [(s.batch_id, s.verb) for s in settled] == [("b-dup", "ack")] * 3
-    keys = [r.idempotency_key for r in receiver.accepted]
-    assert sorted(keys) == sorted(chunk_keys("b-dup", 4))  # each chunk exactly once
-    assert len(names(tmp_path / "queue" / "done")) == 3
+    assert names(rejected) == [envelope.message_id]
+    reason = rejected / f"{envelope.message_id}.reason.txt"
+    assert reason.read_text() == "no route takes dataset 'churn'\n"
 
 
 async def test_sigterm_mid_batch_exits_0_and_the_restart_sends_only_what_is_left(

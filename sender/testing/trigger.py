@@ -55,7 +55,7 @@ from ..config import load_config
 from ..daemon import Daemon
 from ..errors import AdapterClosed, SenderError
 from ..model import BatchState, TriggerMessage, idempotency_key, parse_trigger_message
-from ..ports import Envelope, Ledger, Trigger
+from ..ports import Envelope, Ledger, PendingCount, Trigger
 from .receiver import Receiver
 
 __all__ = ["TriggerContract"]
@@ -270,6 +270,8 @@ class TriggerContract:
         )
         async with _opened(trigger) as opened:
             await opened.publish(message)
+            if isinstance(opened, PendingCount):  # what `sender run --burst` waits on
+                assert await opened.pending() == 1
             (envelope,) = await _take(opened)
             assert opened.connected
 
@@ -277,6 +279,8 @@ class TriggerContract:
             assert isinstance(envelope.message_id, str) and envelope.message_id
             await envelope.extend(30)  # the daemon keeps its lease while the batch runs
             await envelope.ack()
+            if isinstance(opened, PendingCount):
+                assert await opened.pending() == 0
 
     async def test_a_released_message_is_served_again(
         self, trigger: Callable[[], Any], tmp_path: Path
