@@ -33,7 +33,7 @@ from pydantic import Field, SecretStr
 
 from sender.config import DaemonConfig, Duration, TriggerOptions
 from sender.engine import default_owner
-from sender.errors import ConfigError, LedgerError, MessageError, TriggerError
+from sender.errors import AdapterClosed, ConfigError, LedgerError, MessageError, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
 from sender.ports import Inbox, InboxMessage, InboxOutcome, Ledger, Resource
@@ -154,6 +154,9 @@ class HttpTrigger(Resource):
     # -- taking messages (in the daemon) -------------------------------------------------
 
     async def messages(self) -> AsyncIterator[HttpEnvelope]:
+        """Claim inbox messages one at a time until closed (a running stream then ends)."""
+        if self._closed.is_set():
+            raise AdapterClosed("http trigger")
         inbox = self._inbox_or_raise()
         backoff = 0.5
         while not self._closed.is_set():
@@ -188,7 +191,7 @@ class HttpTrigger(Resource):
         """In the daemon: store in the inbox (durable on return); a message for a batch
         already waiting there is not queued twice. Elsewhere: POST it to the daemon."""
         if self._closed.is_set():
-            raise TriggerError("the http trigger is closed")
+            raise AdapterClosed("http trigger")
         if self._inbox is None:
             await self._post(message)
             return

@@ -1,11 +1,12 @@
 """In-memory fakes of every port, for fast tests of the core (like dramatiq's stub broker).
 
-They behave like the real adapters where the core can tell the difference: the ledger passes
-the same contract suite as ``SqliteLedger`` (``sender.testing.LedgerContract``), the source
-streams in bounded pieces and raises ``SourceError`` for a missing URI, the destination can be
-told to fail, and the trigger redelivers a released message. Each also offers a few hooks
-for tests (``received``, ``fail_with``, ``hold``, ``settled``, ``wait_*``), so a test awaits
-what it expects instead of sleeping.
+They behave like the real adapters where the core can tell the difference, and pass the same
+contract suites (``sender.testing``): the source streams in bounded pieces and raises
+``SourceError`` for a missing URI, the destination can be told to fail, and the trigger
+redelivers a released message; each raises ``AdapterClosed`` once closed. Each also offers a
+few hooks for tests (``received``, ``fail_with``, ``hold``, ``settled``, ``wait_*``), so a
+test awaits what it expects instead of sleeping. The ledger is ``memory_ledger.MemoryLedger``
+(also importable from here).
 
     source = MemorySource({"mem://lake/churn/part-0.jsonl": b'{"id": 1}\\n'})
     crm = MemoryDestination("crm", fail_with=[RetryableError("503")])
@@ -16,25 +17,16 @@ what it expects instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Literal
 
 from sender.config import DestinationOptions, SourceOptions, TriggerOptions
-from sender.errors import AdapterClosed, LedgerError, PermanentError, SourceError, TriggerError
-from sender.model import (
-    BatchState,
-    ChunkState,
-    EncodedChunk,
-    ObjectInfo,
-    Receipt,
-    TriggerMessage,
-    chunk_sort_key,
-)
-from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
+from sender.errors import AdapterClosed, PermanentError, SourceError, TriggerError
+from sender.model import EncodedChunk, ObjectInfo, Receipt, TriggerMessage
+from sender.ports import Resource
+from sender_adapters.memory_ledger import MemoryLedger
 
 __all__ = [
     "MemoryDestination",
@@ -43,270 +35,6 @@ __all__ = [
     "MemorySource",
     "MemoryTrigger",
 ]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# -- ledger ------------------------------------------------------------------------------
-
-
-class MemoryLedger(Resource):
-    """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
-    (including ``record_replay``/``replays``), nothing durable.
-
-    Records going in and out are copies, as with a database: changing a returned record does
-    not change the ledger. ``clock`` returns the current time (aware UTC); tests inject one to
-    move time without sleeping.
-    """
-
-    schemes: ClassVar[tuple[str, ...]] = ("memory",)  # not registered: tests build it directly
-
-    def __init__(self, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        self._clock = clock
-        self._batches: dict[str, BatchRecord] = {}
-        self._order: dict[str, int] = {}  # creation sequence: breaks created_at ties
-        self._chunks: dict[tuple[str, str, str], ChunkRecord] = {}
-        self._replays: list[dict[str, Any]] = []
-        # apart from batches: a lease may be taken before start_batch creates the batch
-        self._leases: dict[str, tuple[str, datetime]] = {}
-        self._inbox: dict[str, InboxMessage] = {}  # insertion order is arrival order
-        self._sequence = itertools.count(1)
-        self._closed = False
-
-    @classmethod
-    def from_url(
-        cls, url: str = "memory://", *, clock: Callable[[], datetime] = _utcnow
-    ) -> MemoryLedger:
-        """A new, empty ledger whatever the URL (symmetry with ``SqliteLedger.from_url``)."""
-        return cls(clock=clock)
-
-    def __repr__(self) -> str:
-        return f"MemoryLedger({len(self._batches)} batches)"
-
-    def _now(self) -> datetime:
-        return _utc(self._clock())
-
-    async def _enter(self) -> None:
-        # yield to the loop like a real store would, then act atomically (no await after this)
-        await asyncio.sleep(0)
-        if self._closed:
-            raise AdapterClosed("ledger memory")
-
-    def _out(self, record: BatchRecord) -> BatchRecord:
-        copied = copy.deepcopy(record)
-        copied.lease_owner, copied.lease_expires = self._leases.get(record.batch_id, (None, None))
-        return copied
-
-    def _require(self, batch_id: str) -> BatchRecord:
-        try:
-            return self._batches[batch_id]
-        except KeyError:
-            raise LedgerError(f"unknown batch {batch_id!r}") from None
-
-    async def open(self) -> None:
-        """Nothing to open; refuses a closed ledger like the real ones."""
-        await self._enter()
-
-    _on_enter = open  # async with opens the ledger
-
-    async def aclose(self) -> None:
-        self._closed = True
-
-    async def start_batch(self, message: TriggerMessage) -> BatchRecord:
-        await self._enter()
-        now = self._now()
-        body = message.model_dump(mode="json")
-        record = self._batches.get(message.batch_id)
-        if record is None:
-            record = BatchRecord(
-                batch_id=message.batch_id,
-                dataset=message.dataset,
-                uri=message.uri,
-                state=BatchState.RUNNING,
-                message=body,
-                created_at=now,
-                started_at=now,
-                runs=1,
-            )
-            self._batches[message.batch_id] = record
-            self._order[message.batch_id] = next(self._sequence)
-        else:
-            record.dataset = message.dataset
-            record.uri = message.uri
-            record.state = BatchState.RUNNING
-            record.message = body
-            record.started_at = now
-            record.finished_at = None
-            record.error = None
-            record.runs += 1
-        return self._out(record)
-
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        await self._enter()
-        record = self._batches.get(batch_id)
-        return None if record is None else self._out(record)
-
-    async def list_batches(
-        self,
-        *,
-        dataset: str | None = None,
-        state: BatchState | None = None,
-        since: datetime | None = None,
-        limit: int = 50,
-    ) -> list[BatchRecord]:
-        await self._enter()
-        since = None if since is None else _utc(since)
-        found = [
-            record
-            for record in self._batches.values()
-            if (dataset is None or record.dataset == dataset)
-            and (state is None or record.state == state)
-            and (since is None or record.created_at >= since)
-        ]
-        found.sort(key=lambda r: (r.created_at, self._order[r.batch_id]), reverse=True)
-        return [self._out(record) for record in found[: max(0, limit)]]
-
-    async def set_objects(self, batch_id: str, objects: Sequence[ObjectInfo]) -> None:
-        await self._enter()
-        self._require(batch_id).objects = list(objects)
-
-    async def finish_batch(
-        self,
-        batch_id: str,
-        state: BatchState,
-        routes: dict[str, RouteStats],
-        error: str | None = None,
-    ) -> None:
-        await self._enter()
-        record = self._require(batch_id)
-        record.state = BatchState(state)
-        record.routes = copy.deepcopy(routes)
-        record.error = error
-        record.finished_at = self._now()
-
-    async def chunks(self, batch_id: str, route: str | None = None) -> list[ChunkRecord]:
-        await self._enter()
-        found = [
-            c
-            for (b, r, _), c in self._chunks.items()
-            if b == batch_id and (route is None or r == route)
-        ]
-        found.sort(key=lambda c: (c.route, chunk_sort_key(c.chunk_id)))
-        return copy.deepcopy(found)
-
-    async def save_chunks(self, records: Sequence[ChunkRecord]) -> None:
-        await self._enter()
-        unknown = sorted({r.batch_id for r in records if r.batch_id not in self._batches})
-        if unknown:  # all or nothing, like the transaction it stands for
-            raise LedgerError(f"chunks of an unknown batch ({', '.join(unknown)})")
-        now = self._now()
-        for record in records:
-            stored = copy.deepcopy(record)
-            stored.state = ChunkState(stored.state)
-            stored.updated_at = now
-            self._chunks[(record.batch_id, record.route, record.chunk_id)] = stored
-
-    async def acquire_lease(self, batch_id: str, owner: str, ttl_s: float) -> bool:
-        await self._enter()
-        now = self._now()
-        holder, expires = self._leases.get(batch_id, (owner, now))
-        if holder != owner and expires > now:
-            return False
-        self._leases[batch_id] = (owner, now + timedelta(seconds=ttl_s))
-        return True
-
-    async def release_lease(self, batch_id: str, owner: str) -> None:
-        await self._enter()
-        if self._leases.get(batch_id, (None,))[0] == owner:
-            del self._leases[batch_id]
-
-    async def ping(self) -> None:
-        await self._enter()
-
-    # -- the inbox (http trigger) --------------------------------------------------------
-
-    async def enqueue_message(self, message_id: str, body: bytes) -> bool:
-        await self._enter()
-        existing = self._inbox.get(message_id)
-        if existing is not None and existing.state == "pending":
-            return False
-        self._inbox.pop(message_id, None)  # queued again: now the newest
-        self._inbox[message_id] = InboxMessage(message_id, bytes(body), "pending", self._now())
-        return True
-
-    async def claim_messages(self, owner: str, limit: int, lease_s: float) -> list[InboxMessage]:
-        await self._enter()
-        now = self._now()
-        claimed: list[InboxMessage] = []
-        for message in self._inbox.values():
-            if len(claimed) >= limit:
-                break
-            if message.state != "pending" or (
-                message.lease_expires is not None and message.lease_expires > now
-            ):
-                continue
-            message.owner = owner
-            message.lease_expires = now + timedelta(seconds=lease_s)
-            message.deliveries += 1
-            claimed.append(copy.deepcopy(message))
-        return claimed
-
-    async def extend_message(self, message_id: str, owner: str, lease_s: float) -> bool:
-        await self._enter()
-        message = self._inbox.get(message_id)
-        if message is None or message.state != "pending" or message.owner != owner:
-            return False
-        message.lease_expires = self._now() + timedelta(seconds=lease_s)
-        return True
-
-    async def settle_message(
-        self, message_id: str, outcome: InboxOutcome, reason: str | None = None
-    ) -> None:
-        if outcome not in ("done", "rejected", "released"):
-            raise ValueError(f"unknown inbox outcome {outcome!r}")
-        await self._enter()
-        message = self._inbox.get(message_id)
-        if message is None:
-            raise LedgerError(f"unknown inbox message {message_id!r}")
-        if outcome == "released":
-            if message.state == "pending":
-                message.owner = message.lease_expires = None
-            return
-        message.state = outcome
-        message.reason = reason
-        message.settled_at = self._now()
-        message.owner = message.lease_expires = None
-
-    async def get_message(self, message_id: str) -> InboxMessage | None:
-        await self._enter()
-        message = self._inbox.get(message_id)
-        return None if message is None else copy.deepcopy(message)
-
-    async def record_replay(
-        self, batch_id: str, who: str, selectors: dict[str, Any], outcome: dict[str, Any]
-    ) -> None:
-        await self._enter()
-        self._require(batch_id)
-        self._replays.append(
-            {
-                "id": len(self._replays) + 1,
-                "batch_id": batch_id,
-                "who": who,
-                "at": self._now(),
-                "selectors": copy.deepcopy(selectors),
-                "outcome": copy.deepcopy(outcome),
-            }
-        )
-
-    async def replays(self, batch_id: str) -> list[dict[str, Any]]:
-        await self._enter()
-        return copy.deepcopy([r for r in self._replays if r["batch_id"] == batch_id])
 
 
 # -- source ------------------------------------------------------------------------------
@@ -335,7 +63,7 @@ class MemorySource(Resource):
 
     def _check(self) -> None:
         if self._closed:
-            raise SourceError("source memory is closed")
+            raise AdapterClosed("source memory")
 
     @staticmethod
     def _info(uri: str, data: bytes) -> ObjectInfo:
@@ -438,7 +166,7 @@ class MemoryDestination(Resource):
 
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
         if self._closed:
-            raise RuntimeError(f"destination {self.name!r} is closed")
+            raise AdapterClosed(f"destination {self.name!r}")
         self.calls += 1
         self.in_flight += 1
         try:
@@ -572,7 +300,7 @@ class MemoryTrigger(Resource):
     def put(self, body: bytes | str, message_id: str | None = None) -> MemoryEnvelope:
         """Enqueue raw bytes as one message (no validation: tests of invalid messages)."""
         if self._closed:
-            raise TriggerError("trigger memory is closed")
+            raise AdapterClosed("trigger memory")
         data = body.encode() if isinstance(body, str) else body
         envelope = MemoryEnvelope(self, data, message_id or f"mem-{next(self._ids)}")
         self._queue.put_nowait(envelope)
@@ -582,6 +310,8 @@ class MemoryTrigger(Resource):
         self.put(message.to_json())
 
     async def messages(self) -> AsyncIterator[MemoryEnvelope]:
+        if self._closed:
+            raise AdapterClosed("trigger memory")
         while not self._closed:
             item = await self._queue.get()
             if item is _CLOSED:

@@ -25,11 +25,8 @@ from sender_adapters.s3 import S3Destination
 from sender_adapters.sqs_sink import SqsDestination
 from tests.brokers import AMQP_URL, SqsQueue
 from tests.cloud import GcsBucket, GcsServer, MotoServer, S3Bucket, bucket_name
-from tests.pending import ADAPTER_CLOSED, pending
 
 Arrived = Callable[[], Any]
-
-CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_destination_raises_adapter_closed"
 
 
 # -- local ------------------------------------------------------------------------------
@@ -224,7 +221,6 @@ class TestAmqpDestination(DestinationContract):
 # -- the in-memory fake -------------------------------------------------------------------
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestMemoryDestination(DestinationContract):
     resend_arrives_again = True  # it keeps every call, as a test wants to see them
 

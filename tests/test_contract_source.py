@@ -14,11 +14,8 @@ from sender_adapters.local import LocalSource
 from sender_adapters.memory import MemorySource
 from sender_adapters.s3 import S3Source
 from tests.cloud import GcsBucket, GcsServer, MotoServer, S3Bucket, bucket_name
-from tests.pending import ADAPTER_CLOSED, pending
 
 Seed = Callable[[Mapping[str, bytes]], str]
-
-CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_source_raises_adapter_closed"
 
 
 class TestLocalSource(SourceContract):
@@ -90,7 +87,6 @@ class TestGcsSource(SourceContract):
         return write
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestMemorySource(SourceContract):
     @pytest.fixture
     async def source(self) -> AsyncIterator[MemorySource]:

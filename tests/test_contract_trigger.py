@@ -18,11 +18,8 @@ from sender_adapters.spool import SpoolTrigger
 from sender_adapters.sqlite import SqliteLedger
 from sender_adapters.sqs import SqsTrigger
 from tests.brokers import AMQP_URL, SqsQueue
-from tests.pending import ADAPTER_CLOSED, pending
 
 Lapse = Callable[[], object]
-
-CLOSE_TEST = "test_aclose_is_idempotent_and_a_closed_trigger_raises_adapter_closed"
 
 
 class TestSpoolTrigger(TriggerContract):
@@ -42,7 +39,6 @@ class Clock:
         return datetime.now(UTC) + self.offset
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestHttpTrigger(TriggerContract):
     """The inbox in a SQLite ledger whose clock the test moves (the claim's lease ends)."""
 
@@ -104,7 +100,6 @@ class TestAmqpTrigger(TriggerContract):
         return lambda: AmqpTrigger(options)
 
 
-@pending(CLOSE_TEST, ADAPTER_CLOSED)
 class TestMemoryTrigger(TriggerContract):
     survives_a_close = False  # a fake: its queue goes with it
 

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from sender.config import DestinationOptions
-from sender.errors import PermanentError, RetryableError, SourceError, TriggerError
+from sender.errors import AdapterClosed, PermanentError, RetryableError, SourceError, TriggerError
 from sender.model import EncodedChunk, ObjectInfo, TriggerMessage, parse_trigger_message
 from sender.ports import Destination, Envelope, Source, Trigger
 from sender_adapters.memory import MemoryDestination, MemoryEnvelope, MemorySource, MemoryTrigger
@@ -107,8 +107,13 @@ async def test_a_closed_source_refuses_work() -> None:
     await source.aclose()
     await source.aclose()
 
-    with pytest.raises(SourceError, match="closed"):
+    with pytest.raises(AdapterClosed, match="source memory is closed"):
         await source.list("mem://lake/churn/b-1")
+    with pytest.raises(AdapterClosed):
+        await source.read_range(ObjectInfo("mem://lake/churn/b-1/part-00000.jsonl", 10), 0, 1)
+    with pytest.raises(AdapterClosed):
+        async with source:
+            pass
 
 
 # -- MemoryDestination ---------------------------------------------------------------------
@@ -195,8 +200,9 @@ async def test_a_closed_destination_refuses_work() -> None:
     await crm.aclose()
     await crm.aclose()
 
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(AdapterClosed, match="destination 'crm' is closed"):
         await crm.deliver(chunk())
+    assert crm.calls == 0
 
 
 # -- MemoryTrigger -------------------------------------------------------------------------
@@ -271,11 +277,14 @@ async def test_closing_the_trigger_ends_messages() -> None:
     await trigger.aclose()
     await trigger.aclose()
 
-    assert [e.body for e in await consumer] == [b"one"]
+    assert [e.body for e in await consumer] == [b"one"]  # the running stream just ends
     assert not trigger.connected
-    assert [e async for e in trigger.messages()] == []
-    with pytest.raises(TriggerError, match="closed"):
+    with pytest.raises(AdapterClosed, match="trigger memory is closed"):
+        await anext(aiter(trigger.messages()))
+    with pytest.raises(AdapterClosed):
         await trigger.publish(TriggerMessage(batch_id="b", dataset="d", uri="mem://x"))
+    with pytest.raises(AdapterClosed):
+        trigger.put(b"late")
 
 
 async def test_connected_can_be_switched_off_to_play_a_lost_broker() -> None:
