@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import zstandard
 
@@ -94,23 +95,24 @@ def _parquet(files: list[str]) -> Iterator[bytes]:
             yield out.getvalue()
 
 
+_NULL = msgspec.Raw(b"null")
+
+
+class _Features(msgspec.Struct, frozen=True):
+    plan: msgspec.Raw = _NULL
+    tenure_months: msgspec.Raw = _NULL
+
+
+class _Record(msgspec.Struct, frozen=True):
+    id: msgspec.Raw = _NULL
+    score: msgspec.Raw = _NULL
+    model: msgspec.Raw = _NULL
+    features: _Features | None = None
+
+
 def _projector(fields: dict[str, str]) -> Callable[[bytes], bytes]:
     """The bench route's projection, written out by hand for its two flat and three dotted
     inputs: the fastest correct projection, to bound the sender's generic one."""
-    import msgspec
-
-    null = msgspec.Raw(b"null")
-
-    class Features(msgspec.Struct, frozen=True):
-        plan: msgspec.Raw = null
-        tenure_months: msgspec.Raw = null
-
-    class Record(msgspec.Struct, frozen=True):
-        id: msgspec.Raw = null
-        score: msgspec.Raw = null
-        model: msgspec.Raw = null
-        features: Features | None = None
-
     assert list(fields.values()) == [
         "id",
         "score",
@@ -120,8 +122,8 @@ def _projector(fields: dict[str, str]) -> Callable[[bytes], bytes]:
     ], "the ceiling is written for bench.data.FIELDS"
     keys = [orjson.dumps(k) for k in fields]
     k0, k1, k2, k3, k4 = [(b"{" if i == 0 else b",") + k + b":" for i, k in enumerate(keys)]
-    decode = msgspec.json.Decoder(Record).decode_lines
-    missing = Features()
+    decode = msgspec.json.Decoder(_Record).decode_lines
+    missing = _Features()
     join = b"".join
 
     def project(chunk: bytes) -> bytes:
