@@ -10,8 +10,8 @@ no retries: whatever the sender does beyond its scenario's loop is overhead.
 - ``projection``: each chunk projected with the fastest correct projection there is: msgspec
   decoding into a ``Struct`` of only the projected fields typed ``msgspec.Raw`` (values keep
   their exact text), joined into output lines;
-- ``parquet``: row groups decoded by pyarrow, converted to NDJSON by polars
-  (``write_ndjson``, which keeps values), cut and sent.
+- ``parquet``: the file decoded by polars in streaming batches, converted to NDJSON by
+  polars (``write_ndjson``, which keeps values), cut and sent.
 
 ``python -m bench.raw URL FILE... [--kind K] [--codec C] [--level N] [--concurrency N]``
 prints one JSON line.
@@ -82,15 +82,12 @@ def _jsonl(files: list[str]) -> Iterator[bytes]:
 
 def _parquet(files: list[str]) -> Iterator[bytes]:
     import polars
-    import pyarrow.parquet as pq
 
     out = io.BytesIO()
     for name in files:
-        for batch in pq.ParquetFile(name).iter_batches(batch_size=8192):
+        for frame in polars.scan_parquet(name).collect_batches(chunk_size=8192):
             out.seek(0)
             out.truncate()
-            frame = polars.from_arrow(batch)
-            assert isinstance(frame, polars.DataFrame)
             frame.write_ndjson(out)
             yield out.getvalue()
 
@@ -147,15 +144,16 @@ async def run(
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max_workers=2)
     slots = asyncio.Semaphore(2 * concurrency)
-    compress = _compressor(codec, level)
+    prepare = _compressor(codec, level)
     if kind == "projection":
+        # projected output is cut into 1 MiB chunks like the sender cuts them, so both send
+        # the same number of requests
         project = _projector(FIELDS)
-
-        def prepare(chunk: bytes) -> bytes:
-            return compress(project(chunk))
+        chunks = _cut(project(piece) for piece in _cut(_jsonl(files)))
+    elif kind == "parquet":
+        chunks = _cut(_parquet(files))
     else:
-        prepare = compress
-    chunks = _cut(_parquet(files) if kind == "parquet" else _jsonl(files))
+        chunks = _cut(_jsonl(files))
     totals = {"bytes": 0, "requests": 0, "wire_body": 0}
     failed: list[int] = []
     headers = {"Content-Type": "application/x-ndjson", "Content-Encoding": codec}
@@ -175,10 +173,10 @@ async def run(
                 slots.release()
 
         async with asyncio.TaskGroup() as group:
-            # Parquet decoding is the loop's one heavy stage: it runs in the pool too
+            # decoding or projecting is the loop's one heavy stage: it runs in the pool too
             source = iter(chunks)
             while True:
-                if kind == "parquet":
+                if kind != "jsonl":
                     chunk = await loop.run_in_executor(pool, next, source, None)
                 else:
                     chunk = next(source, None)

@@ -18,7 +18,7 @@ from .blocks import RecordBlock
 from .chunker import Lines
 from .errors import SourceError
 from .model import ObjectInfo
-from .ports import Source
+from .ports import LocalFiles, Source
 from .streams import SeekableObject
 
 __all__ = ["read_parquet"]
@@ -29,28 +29,43 @@ _PARQUET_ROWS_PER_BLOCK = 8192  # ~2.5 MB of NDJSON for 300-byte records
 def _parquet_batches(
     source: Source, obj: ObjectInfo, loop: asyncio.AbstractEventLoop
 ) -> Generator[Any, None, None]:
-    """Arrow record batches of a Parquet object; run it in one thread (it blocks)."""
+    """Batches of a Parquet object; run it in one thread (it blocks).
+
+    A file on this machine is read by polars alone (``scan_parquet`` in streaming batches):
+    pyarrow is never imported, which is ~40 MiB less peak memory, and faster here. An object
+    in a bucket is read by pyarrow row group by row group through ranged reads (polars would
+    fetch a file-like object whole)."""
+    if isinstance(source, LocalFiles):
+        yield from _local_batches(source.local_path(obj), obj)
+        return
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    local_path = getattr(source, "local_path", None)
-    path = local_path(obj) if local_path else None
-    try:
-        file = open(path, "rb") if path else SeekableObject(source, obj, loop)  # noqa: SIM115
-    except OSError as exc:  # gone since it was listed: a SourceError like the other readers
-        raise SourceError(f"{obj.uri}: cannot open: {exc.strerror}") from exc
+    file = SeekableObject(source, obj, loop)
     try:
         try:
             # pre_buffer (pyarrow's default) fetches every row group's column chunks up
             # front, in one request as large as the file; without it each column chunk is
             # read when its row group is, through a bounded buffer
             parquet = pq.ParquetFile(file, buffer_size=1024 * 1024, pre_buffer=False)
-            # no pyarrow threads: this one decodes while another converts (_read_parquet)
+            # no pyarrow threads: this one decodes while another converts (read_parquet)
             yield from parquet.iter_batches(batch_size=_PARQUET_ROWS_PER_BLOCK, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise SourceError(f"{obj.uri}: corrupt or unreadable Parquet file: {exc}") from exc
     finally:
         file.close()
+
+
+def _local_batches(path: str, obj: ObjectInfo) -> Generator[Any, None, None]:
+    import polars as pl
+
+    try:
+        batches = pl.scan_parquet(path).collect_batches(chunk_size=_PARQUET_ROWS_PER_BLOCK)
+        yield from batches
+    except FileNotFoundError as exc:  # gone since it was listed
+        raise SourceError(f"{obj.uri}: cannot open: {exc.strerror or exc}") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise SourceError(f"{obj.uri}: corrupt or unreadable Parquet file: {exc}") from exc
 
 
 def _malloc_trim() -> Callable[[int], object] | None:
@@ -77,15 +92,17 @@ def _ndjson(obj: ObjectInfo, batch: Any, first_row: int = 1) -> RecordBlock:
 
     out = io.BytesIO()
     try:
-        pl.from_arrow(batch).write_ndjson(out)  # type: ignore[union-attr]
+        frame = batch if isinstance(batch, pl.DataFrame) else pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        frame.write_ndjson(out)
     except pl.exceptions.PolarsError as exc:
         raise SourceError(f"{obj.uri}: cannot convert Parquet rows to JSON: {exc}") from exc
     data = out.getvalue()
-    decimals = [f.name for f in batch.schema if str(f.type).startswith("decimal")]
+    decimals = [name for name, kind in frame.schema.items() if isinstance(kind, pl.Decimal)]
     if decimals and data:
         data = _decimals_as_numbers(data, frozenset(decimals))
     locate = _rows(obj.name, first_row)
-    return RecordBlock(Lines(data, batch.num_rows) if data else [], locate=locate, format="parquet")
+    return RecordBlock(Lines(data, frame.height) if data else [], locate=locate, format="parquet")
 
 
 def _decimals_as_numbers(data: bytes, names: frozenset[str]) -> bytes:
@@ -115,8 +132,8 @@ def _rows(name: str, first: int) -> Callable[[int], str]:
 
 
 async def read_parquet(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBlock]:
-    """Parquet in two stages on two threads of their own: pyarrow decodes the next batch
-    while polars turns the last one into NDJSON, both without the GIL, beside the
+    """Parquet in two stages on two threads of their own: one decodes the next batch while
+    polars turns the last one into NDJSON, both without the GIL, beside the
     compressors. Each stage keeps to one thread, so each allocator's per-thread caches are
     held once, not by every worker of the default pool."""
     loop = asyncio.get_running_loop()
@@ -132,7 +149,7 @@ async def read_parquet(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordB
         if batch is None:
             return None
         # the conversion starts as soon as the batch is there, whatever the reader does
-        first, rows = rows, rows + batch.num_rows
+        first, rows = rows, rows + len(batch)
         return converter.submit(_ndjson, obj, batch, first)
 
     decoding = loop.run_in_executor(decoder, decode)
