@@ -1,4 +1,5 @@
-"""The ledger contract against every built-in ledger, plus what only SQLite promises."""
+"""The ledger contract suites against the built-in ledgers on this machine (SQLite, memory),
+plus what only SQLite promises."""
 
 from __future__ import annotations
 
@@ -14,23 +15,40 @@ import pytest
 from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo
 from sender.ports import RouteStats
-from sender.testing import LedgerContract, make_chunk, make_message
+from sender.testing import (
+    Clock,
+    InboxContract,
+    LedgerContract,
+    ReplayLogContract,
+    make_chunk,
+    make_message,
+)
 from sender_adapters.memory import MemoryLedger
 from sender_adapters.sqlite import MIGRATIONS, SqliteLedger
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        async with SqliteLedger(tmp_path / "ledger.db") as opened:
+class TestSqliteLedger(LedgerContract, ReplayLogContract, InboxContract):
+    """Every ledger suite on a SQLite file; the replica is a second handle on the same file
+    (another process on the machine, as ``sender replay`` beside the daemon)."""
+
+    @pytest.fixture
+    async def ledger(self, tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteLedger]:
+        async with SqliteLedger(tmp_path / "ledger.db", clock=clock) as opened:
             yield opened
-    else:
-        async with MemoryLedger() as opened:
+
+    @pytest.fixture
+    async def replica(self, ledger: SqliteLedger, clock: Clock) -> AsyncIterator[SqliteLedger]:
+        async with SqliteLedger(ledger.path, clock=clock) as opened:
             yield opened
 
 
-class TestLedgerContract(LedgerContract):
-    """Runs ``sender.testing.LedgerContract`` on SqliteLedger and MemoryLedger."""
+class TestMemoryLedger(LedgerContract, ReplayLogContract, InboxContract):
+    """Every ledger suite on the in-memory fake the core's tests use."""
+
+    @pytest.fixture
+    async def ledger(self, clock: Clock) -> AsyncIterator[MemoryLedger]:
+        async with MemoryLedger(clock=clock) as opened:
+            yield opened
 
 
 class FakeClock:

@@ -1,6 +1,7 @@
-"""The PostgreSQL ledger against the machine's server: the ledger contract, plus what only a
-shared ledger promises — migrations once, one lease winner among replicas, takeover after a
-replica dies, and every machine seeing the same state.
+"""The PostgreSQL ledger against the machine's server: every ledger contract suite (with a
+second replica racing the first for leases and inbox claims), plus what only a shared ledger
+promises — migrations once, takeover after a replica dies, and every machine seeing the
+same state.
 
 Each test run creates its own database (``sender_test_<random>``) and drops it after; the
 server is ``$SENDER_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``,
@@ -28,7 +29,14 @@ from sender.app import App, open_ledger
 from sender.config import AppConfig
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, TriggerMessage
-from sender.testing import LedgerContract, make_chunk, make_message
+from sender.testing import (
+    Clock,
+    InboxContract,
+    LedgerContract,
+    ReplayLogContract,
+    make_chunk,
+    make_message,
+)
 from sender.testing.receiver import Receiver
 from sender_adapters.postgres import MIGRATIONS, PostgresLedger
 from tests.batches import write_batch
@@ -96,15 +104,20 @@ async def empty_database(dsn: str, *, migrate: bool = True) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def ledger(pg_dsn: str) -> AsyncIterator[PostgresLedger]:
-    async with PostgresLedger.from_url(pg_dsn) as opened:
-        await empty_database(pg_dsn, migrate=False)
-        yield opened
+class TestPostgresLedger(LedgerContract, ReplayLogContract, InboxContract):
+    """Every ledger suite on PostgresLedger; the replica is a second pool on the same
+    database, as another replica of the daemon has."""
 
+    @pytest.fixture
+    async def ledger(self, pg_dsn: str, clock: Clock) -> AsyncIterator[PostgresLedger]:
+        async with PostgresLedger.from_url(pg_dsn, clock=clock) as opened:
+            await empty_database(pg_dsn, migrate=False)
+            yield opened
 
-class TestPostgresLedgerContract(LedgerContract):
-    """``sender.testing.LedgerContract`` on PostgresLedger."""
+    @pytest.fixture
+    async def replica(self, pg_dsn: str, clock: Clock) -> AsyncIterator[PostgresLedger]:
+        async with PostgresLedger.from_url(pg_dsn, clock=clock) as opened:
+            yield opened
 
 
 class FakeClock:
@@ -162,29 +175,6 @@ async def test_a_schema_newer_than_this_code_is_refused(fresh_dsn: str) -> None:
 # -- replicas ---------------------------------------------------------------------------------
 
 
-async def test_two_replicas_racing_for_leases_have_exactly_one_winner(pg_dsn: str) -> None:
-    async with PostgresLedger(pg_dsn) as a, PostgresLedger(pg_dsn) as b:
-        await empty_database(pg_dsn)
-        batch_ids = [f"race-{i}" for i in range(30)]
-        for batch_id in batch_ids[::2]:  # half exist already, half are leased before start
-            await a.start_batch(make_message(batch_id))
-
-        results = await asyncio.gather(
-            *(
-                ledger.acquire_lease(batch_id, owner, 60)
-                for batch_id in batch_ids
-                for ledger, owner in ((a, "replica-a"), (b, "replica-b"))
-            )
-        )
-
-        for i, batch_id in enumerate(batch_ids):
-            won_a, won_b = results[2 * i], results[2 * i + 1]
-            assert won_a != won_b, batch_id
-            holder = "replica-a" if won_a else "replica-b"
-            await a.start_batch(make_message(batch_id))
-            assert (await b.get_batch(batch_id)).lease_owner == holder
-
-
 async def test_a_dead_replicas_batch_is_taken_over_once_its_lease_expires(pg_dsn: str) -> None:
     clock = FakeClock()  # one clock for both, like the database server's
     dead = PostgresLedger(pg_dsn, clock=clock)
@@ -205,24 +195,6 @@ async def test_a_dead_replicas_batch_is_taken_over_once_its_lease_expires(pg_dsn
         assert resumed.lease_owner == "replica-b"
         assert resumed.lease_expires == clock.now + timedelta(seconds=30)
         assert [c.state for c in await survivor.chunks("b-1")] == [ChunkState.DELIVERED]
-
-
-async def test_replicas_claiming_the_inbox_at_once_never_share_a_message(pg_dsn: str) -> None:
-    async with PostgresLedger(pg_dsn) as a, PostgresLedger(pg_dsn) as b:
-        await empty_database(pg_dsn)
-        for i in range(40):
-            await a.enqueue_message(f"m-{i:02d}", b"{}")
-
-        rounds = await asyncio.gather(
-            *(
-                ledger.claim_messages(owner, 3, 60)
-                for _ in range(10)
-                for ledger, owner in ((a, "replica-a"), (b, "replica-b"))
-            )
-        )
-
-        claimed = [m.message_id for batch in rounds for m in batch]
-        assert len(claimed) == len(set(claimed)) == 40
 
 
 async def test_chunk_writes_from_two_replicas_all_land(pg_dsn: str) -> None:
