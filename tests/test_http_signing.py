@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -240,3 +241,22 @@ targets = ["crm_api"]
     assert code == 2
     assert "destinations.crm_api.signing_secret[1]: must be a Standard Webhooks secret" in err
     assert "old-plain-secret" not in err and NEW not in err
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "none"])
+async def test_the_readme_receiver_snippet_verifies_what_the_sender_sends(codec: str) -> None:
+    seen: list[list[dict[str, Any]]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        raw, headers = await request.read(), dict(request.headers)
+        encoding = headers.get("Content-Encoding")
+        # the three lines of README.md, "Signing (Standard Webhooks)"
+        body = {"gzip": gzip.decompress, "zstd": zstandard.decompress}.get(encoding, bytes)(raw)
+        Webhook(NEW).verify(body, headers, json_parse=False)  # WebhookVerificationError if not
+        records = [json.loads(line) for line in body.splitlines()]  # NDJSON; CSV and JSON likewise
+        seen.append(records)
+        return web.Response(status=204)
+
+    async with serve(handle) as url:
+        await deliver(url, make_chunk(codec=codec), signing_secret=[NEW, OLD])
+    assert seen == [RECORDS]
