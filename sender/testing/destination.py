@@ -54,8 +54,8 @@ import pytest
 
 from ..codecs import compress, encode
 from ..errors import AdapterClosed, DeliveryError, PermanentError, RetryableError
-from ..model import EncodedChunk, Receipt, idempotency_key
-from ..ports import Destination
+from ..model import ChunkState, EncodedChunk, Receipt, idempotency_key
+from ..ports import BatchFinisher, BatchSummary, Checkable, ChunkRecord, Destination
 
 __all__ = ["DestinationContract", "make_encoded_chunk"]
 
@@ -188,11 +188,44 @@ class DestinationContract:
         self, destination: Any, arrived: Any
     ) -> None:
         fmt, codec = _a_format(destination)
-        await destination.deliver(make_encoded_chunk("0", format=fmt, codec=codec))
+        first = make_encoded_chunk("0", format=fmt, codec=codec)
+        receipt = await destination.deliver(first)
 
         await destination.aclose()
+        await destination.aclose()
+
+        with pytest.raises(AdapterClosed, match="closed"):
+            await destination.deliver(make_encoded_chunk("1", format=fmt, codec=codec))
+        if isinstance(destination, BatchFinisher):  # no manifest from a closed drop
+            with pytest.raises(AdapterClosed):
+                await destination.finish_batch(_summary(first, receipt))
+        if isinstance(destination, Checkable):  # not ready once closed
+            with pytest.raises(AdapterClosed):
+                await destination.check()
+        assert len(await _arrived(arrived)) == 1
+
+    async def test_a_destination_closed_before_first_use_raises_adapter_closed(
+        self, destination: Any
+    ) -> None:
+        fmt, codec = _a_format(destination)
+
         await destination.aclose()
 
         with pytest.raises(AdapterClosed):
-            await destination.deliver(make_encoded_chunk("1", format=fmt, codec=codec))
-        assert len(await _arrived(arrived)) == 1
+            await destination.deliver(make_encoded_chunk(format=fmt, codec=codec))
+
+
+def _summary(chunk: EncodedChunk, receipt: Receipt) -> BatchSummary:
+    """What the engine tells a ``BatchFinisher`` once ``chunk`` was its route's only one."""
+    record = ChunkRecord(
+        chunk.batch_id,
+        chunk.route,
+        chunk.chunk_id,
+        ChunkState.DELIVERED,
+        records=chunk.records,
+        raw_size=chunk.raw_size,
+        idempotency_key=chunk.idempotency_key,
+        location=receipt.location,
+        checksum=chunk.checksum,
+    )
+    return BatchSummary(chunk.batch_id, chunk.dataset, chunk.route, [record], complete=True)

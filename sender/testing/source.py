@@ -181,8 +181,24 @@ class SourceContract:
     ) -> None:
         base = await _seeded(seed, {"part-0.jsonl": b'{"id": 1}\n'})
         (obj,) = await source.list(f"{base}/part-0.jsonl")
+        assert await source.read_range(obj, 0, 4) == b'{"id'
 
         await source.aclose()
+        await source.aclose()
+
+        with pytest.raises(AdapterClosed, match="closed"):
+            await source.list(base)
+        with pytest.raises(AdapterClosed):
+            await _read_all(source, obj)
+        with pytest.raises(AdapterClosed):
+            await source.read_range(obj, 0, 4)  # not even from what it read before
+
+    async def test_a_source_closed_before_first_use_raises_adapter_closed(
+        self, source: Any, seed: Any
+    ) -> None:
+        base = await _seeded(seed, {"part-0.jsonl": b'{"id": 1}\n'})
+        obj = ObjectInfo(f"{base}/part-0.jsonl", 10)
+
         await source.aclose()
 
         with pytest.raises(AdapterClosed):
@@ -190,4 +206,4 @@ class SourceContract:
         with pytest.raises(AdapterClosed):
             await _read_all(source, obj)
         with pytest.raises(AdapterClosed):
-            await source.read_range(obj, 0, 1)
+            await source.read_range(obj, 0, 4)

@@ -321,14 +321,51 @@ class TriggerContract:
     ) -> None:
         async with _opened(trigger) as opened:
             await opened.publish(_batch(tmp_path, "b-close"))
-            await _take(opened)
+            stream = aiter(opened.messages())
+            async with asyncio.timeout(_TIMEOUT_S):
+                envelope = await anext(stream)
 
-        await opened.aclose()
-        await opened.aclose()
+            await opened.aclose()
+            await opened.aclose()
 
-        assert not opened.connected
+            assert not opened.connected
+            with pytest.raises(StopAsyncIteration):  # the stream that was running ends
+                await anext(stream)
+            with pytest.raises(AdapterClosed, match="closed"):
+                await anext(aiter(opened.messages()))
+            with pytest.raises(AdapterClosed):
+                await opened.publish(_batch(tmp_path, "b-late"))
+            if isinstance(opened, PendingCount):
+                with pytest.raises(AdapterClosed):
+                    await opened.pending()
+            for settle in (envelope.ack, envelope.release, lambda: envelope.reject("late")):
+                with pytest.raises(AdapterClosed):
+                    await settle()
+
+    async def test_closing_ends_a_stream_waiting_for_messages(
+        self, trigger: Callable[[], Any]
+    ) -> None:
+        async with _opened(trigger) as opened:
+            stream = aiter(opened.messages())
+            waiting = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0)  # one turn of the loop: the stream is inside, waiting
+
+            await opened.aclose()
+
+            async with asyncio.timeout(_TIMEOUT_S):
+                with pytest.raises(StopAsyncIteration):
+                    await waiting
+
+    async def test_a_trigger_closed_before_first_use_raises_adapter_closed(
+        self, trigger: Callable[[], Any], tmp_path: Path
+    ) -> None:
+        closed = trigger()
+        await closed.aclose()
+
         with pytest.raises(AdapterClosed):
-            await opened.publish(_batch(tmp_path, "b-late"))
+            await anext(aiter(closed.messages()))
+        with pytest.raises(AdapterClosed):
+            await closed.publish(_batch(tmp_path, "b-never"))
 
     # -- what the daemon does with it ------------------------------------------------------
 
