@@ -59,6 +59,8 @@ class HttpEnvelope:
         return f"HttpEnvelope({self.message_id!r}, settled={self.settled!r})"
 
     async def _settle(self, outcome: InboxOutcome, reason: str | None) -> None:
+        if self._trigger._closed.is_set():
+            raise AdapterClosed("http trigger")
         if self.settled is not None:
             return  # settled once: a second call has nothing left to do
         try:

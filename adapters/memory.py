@@ -230,6 +230,8 @@ class MemoryEnvelope:
         return len(self.extensions)
 
     async def _settle(self, outcome: str) -> None:
+        if self._trigger._closed:  # like a broker connection that went with the trigger
+            raise AdapterClosed("trigger memory")
         if self.outcome is not None:
             raise TriggerError(f"message {self.message_id} is already {self.outcome}")
         self.outcome = outcome
