@@ -17,21 +17,24 @@ no such bucket, refused credentials).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from pydantic import Field
 
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
-from sender.errors import AdapterClosed, SourceError, map_errors
+from sender.errors import SourceError, map_errors
 from sender.model import ObjectInfo
-from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
+from sender_adapters._aws import (
+    AWS_SDK_ERRORS,
+    AwsClient,
+    AwsService,
+    ClientSpec,
+    describe_aws_error,
+)
 from sender_adapters._bucket_source import BucketSource, split_bucket_uri
 
 __all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
@@ -115,48 +118,6 @@ def _delivery_errors(where: str) -> contextlib.AbstractContextManager[None]:
     return map_errors(AWS_SDK_ERRORS, lambda exc: describe_s3_error(exc, where))
 
 
-class _Client:
-    """One aiobotocore S3 client, opened on first use inside the running loop."""
-
-    def __init__(
-        self,
-        *,
-        endpoint_url: str | None,
-        region: str | None,
-        profile: str | None,
-        config: AioConfig,
-        what: str,
-    ) -> None:
-        self._what = what  # as AdapterClosed names it
-        self._kwargs: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint_url,  # None: botocore reads AWS_ENDPOINT_URL(_S3) itself
-            "config": config,
-        }
-        self._profile = profile
-        self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
-        self._lock = asyncio.Lock()
-        self.closed = False
-
-    async def get(self) -> Any:
-        if self.closed:
-            raise AdapterClosed(self._what)
-        if self._client is None:
-            async with self._lock:
-                if self._client is None:
-                    session = AioSession(profile=self._profile)
-                    self._client = await self._stack.enter_async_context(
-                        session.create_client("s3", **self._kwargs)
-                    )
-        return self._client
-
-    async def aclose(self) -> None:
-        self.closed = True
-        self._client = None
-        await self._stack.aclose()
-
-
 async def _read_piece(body: Any, size: int) -> bytes:
     # aiohttp hands over whatever has arrived (often 64 KiB or less): gather a whole piece
     piece = await body.read(size)
@@ -195,15 +156,16 @@ class S3Source(BucketSource):
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()
         super().__init__(self.options.read_size)
-        self._client = _Client(
-            endpoint_url=self.options.endpoint_url,
-            region=self.options.region,
-            profile=self.options.profile,
-            config=AioConfig(
-                connect_timeout=min(10.0, self.options.timeout_s),
-                read_timeout=self.options.timeout_s,
-                retries={"mode": "standard", "total_max_attempts": self.options.attempts},
-                s3={"addressing_style": self.options.addressing_style},
+        self._client = AwsClient(
+            ClientSpec(
+                "s3",
+                region=self.options.region,
+                endpoint_url=self.options.endpoint_url,
+                profile=self.options.profile,
+                connect_timeout_s=min(10.0, self.options.timeout_s),
+                read_timeout_s=self.options.timeout_s,
+                attempts=self.options.attempts,
+                s3_addressing=self.options.addressing_style,
             ),
             what="s3 source",
         )
@@ -305,17 +267,17 @@ class S3Destination(BucketDrop):
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options, "s3")
         self.options: S3Destination.Options = options
-        limit = options.max_in_flight
-        self._client = _Client(
-            endpoint_url=options.endpoint_url,
-            region=options.region,
-            profile=options.profile,
-            config=AioConfig(
-                connect_timeout=min(10.0, options.timeout_s),
-                read_timeout=options.timeout_s,
-                max_pool_connections=limit,
-                retries={"mode": "standard", "total_max_attempts": 1},
-                s3={"addressing_style": options.addressing_style},
+        self._client = AwsClient(
+            ClientSpec(
+                "s3",
+                region=options.region,
+                endpoint_url=options.endpoint_url,
+                profile=options.profile,
+                connect_timeout_s=min(10.0, options.timeout_s),
+                read_timeout_s=options.timeout_s,
+                attempts=1,  # the target's retry policy retries (with its budget)
+                pool=options.max_in_flight,
+                s3_addressing=options.addressing_style,
             ),
             what=f"s3 destination {name}",
         )

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -42,22 +40,13 @@ from sender.errors import AdapterClosed, TriggerError
 from sender.log import get_logger
 from sender.model import TriggerMessage
 from sender.ports import Resource
+from sender_adapters._aws import AwsClient, ClientSpec, region_in_url
 
 __all__ = ["SqsEnvelope", "SqsTrigger"]
 
 log = get_logger("sender_adapters.sqs")
 
 _BACKOFF_MAX_S = 30.0
-_REGION_IN_URL = re.compile(r"://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
-
-
-@functools.cache
-def _session() -> Any:
-    """One botocore session per process: each new one loads the service models again
-    (a few hundred ms)."""
-    from aiobotocore.session import get_session
-
-    return get_session()
 
 
 @contextlib.contextmanager
@@ -155,9 +144,18 @@ class SqsTrigger(Resource):
     def __init__(self, options: Options) -> None:
         self.options = options
         self.redrive = False  # the queue has a redrive policy (known once connected)
-        self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
-        self._opening = asyncio.Lock()
+        self._client = AwsClient(
+            ClientSpec(
+                "sqs",
+                region=options.region or region_in_url(options.queue_url),
+                endpoint_url=options.endpoint_url,
+                connect_timeout_s=5.0,
+                # a long poll holds the connection for `wait`: read for longer than that
+                read_timeout_s=options.wait_s + 15,
+                attempts=3,
+            ),
+            what=f"sqs trigger {options.queue_url}",
+        )
         self._connected = False
         self._closed = asyncio.Event()
 
@@ -168,38 +166,14 @@ class SqsTrigger(Resource):
     def connected(self) -> bool:
         return self._connected and not self._closed.is_set()
 
-    def _region(self) -> str | None:
-        if self.options.region:
-            return self.options.region
-        match = _REGION_IN_URL.search(self.options.queue_url)
-        return match.group(1) if match else None
-
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise AdapterClosed(f"sqs trigger {self.options.queue_url}")
 
     async def _client_or_open(self) -> Any:
         self._check_open()
-        async with self._opening:
-            if self._client is None:
-                from aiobotocore.config import AioConfig
-
-                config = AioConfig(
-                    # a long poll holds the connection for `wait`: read for longer than that
-                    read_timeout=self.options.wait_s + 15,
-                    connect_timeout=5,
-                    retries={"max_attempts": 2, "mode": "standard"},
-                )
-                with _mapped("connect"):
-                    self._client = await self._stack.enter_async_context(
-                        _session().create_client(
-                            "sqs",
-                            region_name=self._region(),
-                            endpoint_url=self.options.endpoint_url,
-                            config=config,
-                        )
-                    )
-            return self._client
+        with _mapped("connect"):
+            return await self._client.get()
 
     async def _check_queue(self, client: Any) -> None:
         with _mapped("get queue attributes"):
@@ -284,6 +258,4 @@ class SqsTrigger(Resource):
             return
         self._closed.set()
         self._connected = False
-        async with self._opening:
-            self._client = None
-            await self._stack.aclose()
+        await self._client.aclose()

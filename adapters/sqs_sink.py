@@ -33,31 +33,34 @@ task role). Config::
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import functools
 import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from aiobotocore.config import AioConfig
 from pydantic import Field
 
 from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Size
-from sender.errors import AdapterClosed, PermanentError, map_errors
+from sender.errors import PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
 from sender.ports import Resource
-from sender_adapters._aws import AWS_SDK_ERRORS, AwsService, describe_aws_error
+from sender_adapters._aws import (
+    AWS_SDK_ERRORS,
+    AwsClient,
+    AwsService,
+    ClientSpec,
+    describe_aws_error,
+    region_in_url,
+)
 
 __all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "describe_sqs_error", "message_request"]
 
 SQS_MESSAGE_CAP = 256 * 1024  # the classic SendMessage cap (body + attributes)
 _SQS_MAX_CAP = 1024 * 1024  # what a queue's MaximumMessageSize can be raised to
 
-_REGION_IN_URL = re.compile(r"://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 # the characters SQS accepts in a message body; anything else must travel as base64
 _SQS_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 # MessageGroupId: 1-128 characters of a-z, A-Z, 0-9 and ASCII punctuation
@@ -99,14 +102,6 @@ _SQS = AwsService(
         "sqs:SendMessage on the queue (and kms:GenerateDataKey for an encrypted one)"
     ),
 )
-
-
-@functools.cache
-def _session() -> Any:
-    """One botocore session per process: each new one loads the service models again."""
-    from aiobotocore.session import get_session
-
-    return get_session()
 
 
 def _missing(queue_url: str, code: str, status: int, error: Mapping[str, Any]) -> str | None:
@@ -200,47 +195,24 @@ class SqsDestination(Resource):
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
         self.options = options
-        self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
-        self._opening = asyncio.Lock()
-        self._closed = False
+        self._client = AwsClient(
+            ClientSpec(
+                "sqs",
+                region=options.region or region_in_url(options.queue_url),
+                endpoint_url=options.endpoint_url,
+                connect_timeout_s=min(10.0, options.timeout_s),
+                read_timeout_s=options.timeout_s,
+                attempts=1,  # the target's retry policy retries (with its budget)
+                pool=options.max_in_flight,
+            ),
+            what=f"sqs destination {name}",
+        )
 
     def __repr__(self) -> str:
         return f"SqsDestination({self.name!r}, {self.options.queue_url!r})"
 
-    def _region(self) -> str | None:
-        if self.options.region:
-            return self.options.region
-        match = _REGION_IN_URL.search(self.options.queue_url)
-        return match.group(1) if match else None
-
-    async def _get_client(self) -> Any:
-        if self._closed:
-            raise AdapterClosed(f"sqs destination {self.name}")
-        async with self._opening:
-            if self._client is None:
-                config = AioConfig(
-                    connect_timeout=min(10.0, self.options.timeout_s),
-                    read_timeout=self.options.timeout_s,
-                    max_pool_connections=self.options.max_in_flight,
-                    # the target's retry policy retries (with its budget): not botocore too
-                    retries={"max_attempts": 1, "mode": "standard"},
-                )
-                with _delivery_errors(self.options.queue_url):
-                    self._client = await self._stack.enter_async_context(
-                        _session().create_client(
-                            "sqs",
-                            region_name=self._region(),
-                            endpoint_url=self.options.endpoint_url,
-                            config=config,
-                        )
-                    )
-            return self._client
-
     async def deliver(self, chunk: EncodedChunk) -> Receipt:
         """Send one message; ``PermanentError`` when the chunk is over the message cap."""
-        if self._closed:
-            raise AdapterClosed(f"sqs destination {self.name}")
         queue_url = self.options.queue_url
         params, size = message_request(chunk, queue_url)
         cap = self.options.max_message_size
@@ -250,16 +222,11 @@ class SqsDestination(Resource):
                 f"{cap // 1024} KiB: lower the route's chunk.bytes",
                 payload=True,  # halving the chunk makes it fit
             )
-        client = await self._get_client()
         with _delivery_errors(queue_url):
+            client = await self._client.get()
             reply = await client.send_message(**params)
         return Receipt(location=f"{queue_url}#{reply['MessageId']}")
 
     async def aclose(self) -> None:
-        """Close the client; idempotent. ``deliver`` afterwards raises ``AdapterClosed``."""
-        if self._closed:
-            return
-        self._closed = True
-        async with self._opening:
-            self._client = None
-            await self._stack.aclose()
+        """Let go of the client; idempotent. ``deliver`` afterwards raises ``AdapterClosed``."""
+        await self._client.aclose()

@@ -8,8 +8,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sender.errors import SourceError
-from sender_adapters.s3 import S3Source, describe_s3_error
-from tests.cloud import MotoServer, S3Bucket, bucket_name
+from sender_adapters import _aws
+from sender_adapters.s3 import S3Destination, S3Source, describe_s3_error
+from tests.cloud import MotoServer, S3Bucket, bucket_name, make_chunk
 
 
 @pytest.fixture
@@ -41,6 +42,36 @@ async def test_missing_aws_credentials_are_a_clear_source_error(
     async with S3Source(S3Source.Options(endpoint_url=moto_server.endpoint_url)) as source:
         with pytest.raises(SourceError, match="no usable AWS credentials found"):
             await source.list("s3://some-bucket/batch/")
+
+
+# -- one client per settings, shared ----------------------------------------------------------
+
+
+async def test_drops_with_the_same_settings_share_one_client_closed_by_the_last(
+    bucket: S3Bucket, moto_server: MotoServer
+) -> None:
+    options = S3Destination.Options(bucket=bucket.name, endpoint_url=moto_server.endpoint_url)
+    first, second = S3Destination("a", options), S3Destination("b", options)
+    source = S3Source(S3Source.Options(endpoint_url=moto_server.endpoint_url))
+
+    await first.deliver(make_chunk("0", 2))
+    await second.deliver(make_chunk("1", 2))
+    await source.list(bucket.uri("churn/"))
+    assert _aws.open_clients() == 2  # the drops' one, and the source's (other retries)
+
+    await first.aclose()
+    await second.deliver(make_chunk("2", 2))  # still open for the other holder
+    await second.aclose()
+    await source.aclose()
+
+    assert _aws.open_clients() == 0
+    assert len(bucket.keys("churn/")) == 3
+
+
+def test_every_session_reads_the_service_models_once() -> None:
+    sessions = [_aws.aws_session(), _aws.aws_session("other-profile")]
+    loaders = {id(session.get_component("data_loader")) for session in sessions}
+    assert len(loaders) == 1
 
 
 # -- errors are classified at the boundary ---------------------------------------------------
