@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-airflow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,18 @@ $(STAMP): $(BIN)/python pyproject.toml examples/plugin/pyproject.toml
 	$(BIN)/pip install -q -e examples/plugin
 	touch $(STAMP)
 
+# The Airflow provider runs in a venv of its own (Airflow pins its own structlog, pydantic,
+# rich, tenacity), built once and reused until its requirements change.
+AIRFLOW_VENV := $(VENV)/airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+PROVIDER := providers/airflow
+
+$(AIRFLOW_STAMP): $(PROVIDER)/pyproject.toml $(PROVIDER)/requirements-ci.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -r $(PROVIDER)/requirements-ci.txt -e '$(PROVIDER)[test]'
+	touch $(AIRFLOW_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/sender demo
 
@@ -24,6 +36,14 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 	cd examples/plugin && $(abspath $(BIN))/pytest -q
+	$(MAKE) test-airflow
+
+# the provider's tests start the main venv's `sender run`, so both venvs are needed
+test-airflow: $(STAMP) $(AIRFLOW_STAMP)
+	$(BIN)/ruff check $(PROVIDER)
+	$(BIN)/ruff format --check $(PROVIDER)
+	cd $(PROVIDER) && $(abspath $(AIRFLOW_VENV))/bin/mypy --cache-dir $(abspath $(AIRFLOW_VENV))/.mypy_cache
+	cd $(PROVIDER) && $(abspath $(AIRFLOW_VENV))/bin/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check sender adapters tests bench examples
