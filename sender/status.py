@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
@@ -262,6 +264,30 @@ def _block(text: str, indent: int = 4, style: str = "") -> Padding:
     return Padding(Text(text, style=style), (0, 0, 0, indent), expand=False)
 
 
+class _PathBlock:
+    """A path, indented, broken only after a ``/`` when it does not fit on one line (a single
+    name longer than a line is folded): no file name is cut in the middle, and the lines put
+    back together are the path."""
+
+    def __init__(self, path: str, indent: int = 4, style: str = "") -> None:
+        self.path = path
+        self.indent = indent
+        self.style = style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(8, options.max_width - self.indent)
+        lines: list[str] = []
+        line = ""
+        for part in re.split(r"(?<=/)", self.path):  # each part keeps its trailing "/"
+            if line and cell_len(line) + cell_len(part) > width:
+                lines.append(line)
+                line = ""
+            line += part
+        lines.append(line)
+        for text in lines:
+            yield _block(text, self.indent, self.style)
+
+
 def display_path(location: str) -> str:
     """A local file under the working folder as a relative path (what on-call types, and
     short enough for one 80-column line); anything else as it is."""
@@ -295,12 +321,13 @@ def _chunk_notes(
             notes.append(_block(f"error: {chunk.last_error}", style="red"))
         if dead:
             notes.append(_block("dead letter:"))
-            notes.append(_block(display_path(dead)))
+            notes.append(_PathBlock(display_path(dead)))
         if replayed:
             fate = "purged" if _purged(replayed) else "kept"
             notes.append(_block(f"dead letter ({fate}; delivered by a replay since):"))
-            notes.append(_block(display_path(replayed)))
-            notes.append(_block(f"now at {display_path(chunk.location or '-')}"))
+            notes.append(_PathBlock(display_path(replayed)))
+            notes.append(_block("now at:"))
+            notes.append(_PathBlock(display_path(chunk.location or "-")))
     return notes
 
 
@@ -560,5 +587,6 @@ def dead_letter_list(entries: Sequence[Mapping[str, Any]]) -> RenderableType:
         if entry.get("reason"):
             lines.append(_block(f"reason: {entry['reason']}", 2, "red"))
         where = display_path(entry.get("location") or "-")
-        lines.append(_block(where + ("  (missing!)" if entry.get("exists") is False else ""), 2))
+        missing = "  (missing!)" if entry.get("exists") is False else ""
+        lines.append(_PathBlock(where + missing, 2))
     return Group(*lines)
