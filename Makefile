@@ -28,8 +28,9 @@ $(AIRFLOW_STAMP): $(PROVIDER)/pyproject.toml $(PROVIDER)/requirements-ci.txt
 	$(AIRFLOW_VENV)/bin/pip install -q -r $(PROVIDER)/requirements-ci.txt -e '$(PROVIDER)[test]'
 	touch $(AIRFLOW_STAMP)
 
+# the batch, its summary, then the status page stays up for 10 minutes (Ctrl-C ends it)
 demo: $(STAMP)
-	$(BIN)/sender demo
+	$(BIN)/sender demo --serve
 
 test: $(STAMP)
 	$(BIN)/ruff check sender adapters tests bench examples

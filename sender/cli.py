@@ -453,8 +453,24 @@ async def cmd_config_check(args: argparse.Namespace) -> int:
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .units import parse_duration
 
-    return await run_demo(args.config, records=args.records)
+    try:
+        serve_s = parse_duration(args.serve) if args.serve else 0.0
+    except ValueError as exc:
+        raise UsageError(f"--serve: {exc}") from None
+    return await run_demo(
+        args.config,
+        records=args.records,
+        serve_s=serve_s,
+        log_format=getattr(args, "log_format", None),
+    )
+
+
+async def cmd_top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    return await run_top(_config(args), once=args.once, console=out)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -571,7 +587,20 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="a self-contained run against a flaky local receiver"
     )
     demo.add_argument("--records", type=int, default=20_000)
+    demo.add_argument(
+        "--serve",
+        nargs="?",
+        const="10m",
+        metavar="DURATION",
+        help="keep the daemon and its status page up this long after the batch (10m)",
+    )
     demo.set_defaults(func=cmd_demo)
+
+    top = commands.add_parser(
+        "top", parents=[common], help="live view of the daemon named by the config"
+    )
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.set_defaults(func=cmd_top)
     return parser
 
 
