@@ -17,6 +17,7 @@ Every error the core raises or expects from an adapter derives from ``SenderErro
     ├── ReplayRefused               a replay would not be safe (lease held, source changed)
     ├── DeadLetterUnavailable       every target and the dead-letter store failed a chunk
     ├── FinishFailed                a destination could not write its end-of-batch marker
+    ├── DaemonUnreachable           no daemon answers at ``daemon.listen`` (``sender top``)
     └── DeliveryError               one chunk could not be delivered to one target
         ├── RetryableError          try again later (connection errors, timeouts, 429, 5xx):
         │   │                       ``status``, ``retry_after``, ``push_back`` are facts the
@@ -46,6 +47,7 @@ __all__ = [
     "BatchBusy",
     "CircuitOpenError",
     "ConfigError",
+    "DaemonUnreachable",
     "DeadLetterUnavailable",
     "DeliveryError",
     "FinishFailed",
@@ -138,6 +140,11 @@ class ReplayRefused(SenderError):
 
 class DeadLetterUnavailable(SenderError):
     """Every target and the dead-letter store failed for a chunk: the batch must stop."""
+
+
+class DaemonUnreachable(SenderError):
+    """No daemon answers on the control server's address (``sender top``): exit code 1, as
+    for any run that could not do its job; the message names the address tried."""
 
 
 class FinishFailed(SenderError):

@@ -34,18 +34,21 @@ HEADER_SECRET = "header-secret-91c2"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def write_page_config(folder: Path, receiver: str, *, token: str | None = None) -> Path:
+def write_page_config(
+    folder: Path, receiver: str, *, token: str | None = None, listen: str = "127.0.0.1:0"
+) -> Path:
     """Two routes of the dataset ``churn``: ``scores`` to a slow receiver (one request at a
     time, chunks of 5 records) and ``partner`` to a port where nothing listens (its circuit
     opens after one failed delivery; its chunks end in the dead-letter store)."""
     token_line = f'token = "{token}"' if token else ""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sender.toml"
     path.write_text(
         textwrap.dedent(
             f"""
             [daemon]
             ledger = "ledger.db"
-            listen = "127.0.0.1:0"
+            listen = "{listen}"
             {token_line}
 
             [trigger]
@@ -129,18 +132,20 @@ class PageDaemon:
 
 @contextlib.asynccontextmanager
 async def page_daemon(
-    folder: Path, receiver: Receiver, *, token: str | None = None
+    folder: Path, receiver: Receiver, *, token: str | None = None, listen: str = "127.0.0.1:0"
 ) -> AsyncIterator[PageDaemon]:
+    """The daemon of ``write_page_config`` running here, retries without waits."""
     retry.set_testing(True)
+    config = write_page_config(folder, receiver.url, token=token, listen=listen)
     try:
-        async with running_daemon(write_page_config(folder, receiver.url, token=token)) as d:
+        async with running_daemon(config) as d:
             assert d.control is not None
             yield PageDaemon(d, f"http://127.0.0.1:{d.control.port}", folder)
     finally:
         retry.set_testing(False)
 
 
-def _batch(doc: dict[str, Any], batch_id: str) -> dict[str, Any] | None:
+def batch_in(doc: dict[str, Any], batch_id: str) -> dict[str, Any] | None:
     return next((b for b in doc["batches"] if b["batch_id"] == batch_id), None)
 
 
@@ -148,8 +153,8 @@ def _destination(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return next(d for d in doc["destinations"] if d["name"] == name)
 
 
-def _complete(batch_id: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda doc: (_batch(doc, batch_id) or {}).get("state") == "complete"
+def complete(batch_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda doc: (batch_in(doc, batch_id) or {}).get("state") == "complete"
 
 
 # -- the JSON ----------------------------------------------------------------------------------
@@ -163,17 +168,17 @@ async def test_status_shows_a_running_batch_moving_and_the_down_destinations_ope
         await page.send_batch("churn-live")
 
         def moving(doc: dict[str, Any]) -> bool:
-            batch = _batch(doc, "churn-live")
+            batch = batch_in(doc, "churn-live")
             return bool(batch and batch["state"] == "running" and batch["records"]["delivered"])
 
         running = await page.wait_status(moving)
-        batch = _batch(running, "churn-live")
+        batch = batch_in(running, "churn-live")
         assert batch is not None and batch["here"] is True
         assert 0 < batch["records"]["delivered"] < 2 * 60  # two routes of 60 records each
         assert running["summary"]["running"] == 1
         later = await page.wait_status(
             lambda doc: (
-                (_batch(doc, "churn-live") or {}).get("records", {}).get("delivered", 0)
+                (batch_in(doc, "churn-live") or {}).get("records", {}).get("delivered", 0)
                 > batch["records"]["delivered"]
             )
         )
@@ -184,9 +189,9 @@ async def test_status_shows_a_running_batch_moving_and_the_down_destinations_ope
         assert partner["last_error_at"] is not None
         assert "partner_api" in later["summary"]["open_circuits"]
 
-        done = await page.wait_status(_complete("churn-live"))
+        done = await page.wait_status(complete("churn-live"))
 
-    finished = _batch(done, "churn-live")
+    finished = batch_in(done, "churn-live")
     assert finished is not None
     assert finished["records"] == {
         "read": 120,
@@ -209,7 +214,7 @@ async def test_one_batch_shows_its_chunks_reconciliation_and_the_replay_that_rep
 ) -> None:
     async with page_daemon(tmp_path, receiver) as page:
         await page.send_batch("churn-repair")
-        doc = await page.wait_status(_complete("churn-repair"), batch="churn-repair")
+        doc = await page.wait_status(complete("churn-repair"), batch="churn-repair")
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"{page.url}/batches/churn-repair") as html_response,
@@ -243,7 +248,7 @@ async def test_without_the_token_the_page_asks_for_it_and_a_session_only_reads(
 ) -> None:
     async with page_daemon(tmp_path, receiver, token=TOKEN) as page:
         await page.send_batch("churn-secret")
-        await page.wait_status(_complete("churn-secret"))
+        await page.wait_status(complete("churn-secret"))
         jar = aiohttp.CookieJar(unsafe=True)  # keeps cookies of a bare IP address
         async with aiohttp.ClientSession(cookie_jar=jar) as session:
             async with session.get(f"{page.url}/") as r:
@@ -456,7 +461,7 @@ async def test_the_page_in_chromium_follows_a_running_batch_without_a_reload(
         assert await asyncio.to_thread(browser.execute_script, "return window.__sameDocument")
         await asyncio.to_thread(browser.save_screenshot, str(tmp_path / "status-page.png"))
 
-        await page.wait_status(_complete("churn-browser"))
+        await page.wait_status(complete("churn-browser"))
         await _until(browser, lambda d: "complete" in d.find_element("css selector", row).text)
         await asyncio.to_thread(browser.find_element("css selector", f"{row} a").click)
         await _until(browser, lambda d: d.find_elements("css selector", "pre.command"))
@@ -471,7 +476,7 @@ async def test_the_page_in_chromium_asks_for_the_token_and_refuses_a_wrong_one(
 ) -> None:
     async with page_daemon(tmp_path, receiver, token=TOKEN) as page:
         await page.send_batch("churn-locked")
-        await page.wait_status(_complete("churn-locked"))
+        await page.wait_status(complete("churn-locked"))
         await asyncio.to_thread(browser.get, f"{page.url}/")
         assert "churn-locked" not in await asyncio.to_thread(lambda: browser.page_source)
 
