@@ -21,6 +21,7 @@ How replicas share work safely:
   transaction or none (an unknown batch rolls everything back).
 - **Inbox** (the ``http`` trigger's queue, ``postgres_inbox``): replicas claiming at once
   each get different messages without waiting on each other.
+- **Diff sync** (``postgres_diff``): one baseline per dataset and route for every replica.
 - **One clock**: times come from the database server (``now()``), not from each replica, so
   lease expiry does not depend on the replicas' clocks agreeing. Tests may inject ``clock``.
 
@@ -55,6 +56,7 @@ from sender_adapters._sql import (
     unknown_batch,
     upsert,
 )
+from sender_adapters.postgres_diff import DIFF_MIGRATION, PostgresDiff
 from sender_adapters.postgres_inbox import INBOX_MIGRATION, PostgresInbox
 from sender_adapters.postgres_store import NOW, affected
 
@@ -124,7 +126,7 @@ _BATCHES: Migration = (
 )
 
 # Version N of the schema is MIGRATIONS[:N]. Append new steps; never edit a released one.
-MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION)
+MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 
 # $1 is the clock (NOW) in every statement that takes it
 _SAVE_CHUNKS = upsert(
@@ -151,9 +153,10 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
     return batch_record(row)
 
 
-class PostgresLedger(PostgresInbox):
-    """The ``Ledger``, ``ReplayLog`` and ``Inbox`` ports on PostgreSQL (see the module
-    docstring); ``PostgresLedger(dsn, clock=)`` or ``from_url``: see ``PostgresStore``."""
+class PostgresLedger(PostgresInbox, PostgresDiff):
+    """The ``Ledger``, ``ReplayLog``, ``Inbox`` and ``DiffStore`` ports on PostgreSQL (see
+    the module docstring); ``PostgresLedger(dsn, clock=)`` or ``from_url``: see
+    ``PostgresStore``."""
 
     migrations = MIGRATIONS
 

@@ -1,9 +1,10 @@
 """The embedded ledger: one SQLite file, WAL mode, driven from one worker thread.
 
-``SqliteLedger`` is the ``Ledger``, ``ReplayLog`` and ``Inbox`` ports on one file: the store
-(``sqlite_store``: the worker thread, transactions, migrations) plus the inbox
-(``sqlite_inbox``); the batch, chunk, lease and replay tables are here. It serves
-``daemon.ledger`` values that are a plain path or a ``sqlite:///abs/path`` URL.
+``SqliteLedger`` is the ``Ledger``, ``ReplayLog``, ``Inbox`` and ``DiffStore`` ports on one
+file: the store (``sqlite_store``: the worker thread, transactions, migrations) plus the inbox
+(``sqlite_inbox``) and diff sync's tables (``sqlite_diff``); the batch, chunk, lease and
+replay tables are here. It serves ``daemon.ledger`` values that are a plain path or a
+``sqlite:///abs/path`` URL.
 
 Usage::
 
@@ -40,6 +41,7 @@ from sender_adapters._sql import (
     unknown_batch,
     upsert,
 )
+from sender_adapters.sqlite_diff import DIFF_MIGRATION, SqliteDiff
 from sender_adapters.sqlite_inbox import INBOX_MIGRATION, SqliteInbox
 from sender_adapters.sqlite_store import dt, ts
 
@@ -107,7 +109,7 @@ _BATCHES: Migration = (
 )
 
 # Version N of the schema is MIGRATIONS[:N]. Append new steps; never edit a released one.
-MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION)
+MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 
 _TAKE_LEASE = upsert("leases", ("batch_id", "owner", "expires"), ("batch_id",), ("?", "?", "?"))
 _SAVE_CHUNKS = upsert("chunks", CHUNK_COLUMNS, CHUNK_KEY, ["?"] * len(CHUNK_COLUMNS))
@@ -138,7 +140,7 @@ def _require_batch(conn: sqlite3.Connection, batch_id: str) -> sqlite3.Row:
     return row
 
 
-class SqliteLedger(SqliteInbox):
+class SqliteLedger(SqliteInbox, SqliteDiff):
     """The ``Ledger``, ``ReplayLog`` and ``Inbox`` ports on a SQLite file (the embedded
     default). ``SqliteLedger(path, clock=)``: see ``SqliteStore``."""
 

@@ -29,19 +29,17 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 import orjson
 
+from .ledger_ports import DiffStore, PlanRow
 from .model import BadRecord
 
 __all__ = [
     "DiffFilter",
     "DiffPlanner",
     "DiffSpec",
-    "DiffStore",
-    "PlanRow",
     "PlanStats",
     "RecordDigest",
     "baseline_pages",
@@ -52,8 +50,6 @@ HASH_BYTES = 16  # blake2b-128: collisions are out of reach for billions of keys
 _PAGE = 5000
 _MISSING = msgspec.Raw(b"")
 _NULL = b"null"
-
-PlanKind = Literal["send", "duplicate", "bad", "delete"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,23 +62,6 @@ class DiffSpec:
     deletes: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PlanRow:
-    """One row of a route's frozen plan for a batch.
-
-    ``send``: the record at ``ordinal`` is sent as the ``seq``-th record of the route (its
-    ``key`` and ``hash`` enter the baseline once delivered). ``duplicate`` and ``bad``: the
-    record at ``ordinal`` is rejected with ``reason``. ``delete``: a tombstone for ``key``,
-    sent as the ``seq``-th record, after every data record."""
-
-    kind: PlanKind
-    ordinal: int | None
-    seq: int | None = None
-    key: bytes | None = None
-    hash: bytes | None = None
-    reason: str | None = None
-
-
 @dataclass(slots=True)
 class PlanStats:
     read: int = 0
@@ -90,64 +69,6 @@ class PlanStats:
     unchanged: int = 0
     rejected: int = 0
     tombstones: int = 0
-
-
-@runtime_checkable
-class DiffStore(Protocol):
-    """What a ledger offers for diff sync (SQLite and PostgreSQL alike): the baseline per
-    dataset and route, and each batch's frozen plan. Keys and hashes are bytes."""
-
-    async def baseline_page(
-        self, dataset: str, route: str, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
-        """Up to ``limit`` ``(key, hash)`` pairs of the baseline with keys after ``after``,
-        in key order (bytewise)."""
-        ...
-
-    async def start_plan(self, batch_id: str, route: str) -> None:
-        """Forget any unfinished plan of the batch for the route (a crash while planning)."""
-        ...
-
-    async def save_plan(self, batch_id: str, route: str, rows: Sequence[PlanRow]) -> None:
-        """Append rows to the batch's plan for the route (called in ordinal order, then the
-        tombstones in seq order; a plan is written once, before anything is sent)."""
-        ...
-
-    async def finish_plan(self, batch_id: str, route: str) -> None:
-        """The plan is whole: from now on ``has_plan`` is True and it never changes."""
-        ...
-
-    async def has_plan(self, batch_id: str, route: str) -> bool:
-        """Whether a finished plan exists (an unfinished one does not count)."""
-        ...
-
-    async def plan_page(
-        self, batch_id: str, route: str, after_ordinal: int, limit: int
-    ) -> list[PlanRow]:
-        """``send``/``duplicate``/``bad`` rows with ordinals after ``after_ordinal``, in
-        ordinal order."""
-        ...
-
-    async def tombstone_page(
-        self, batch_id: str, route: str, after_seq: int, limit: int
-    ) -> list[PlanRow]:
-        """``delete`` rows with seqs after ``after_seq``, in seq order."""
-        ...
-
-    async def commit_baseline(
-        self,
-        dataset: str,
-        route: str,
-        batch_id: str,
-        delivered: Sequence[tuple[int, int]],
-        *,
-        replace: bool = False,
-    ) -> int:
-        """Move the plan's rows whose seq lies in one of the ``[start, end)`` ranges into the
-        baseline (a ``send`` row sets its key's hash, a ``delete`` row removes the key), in
-        one transaction; with ``replace`` (a full refresh) the baseline is first emptied.
-        Returns the rows moved."""
-        ...
 
 
 class RecordDigest:

@@ -2,7 +2,8 @@
 
 - ``Ledger``: batch and chunk state, the source's objects, leases (every ledger);
 - ``ReplayLog``: the audit trail of ``sender replay`` (``sender status`` shows it);
-- ``Inbox``: the durable queue of the ``http`` trigger (messages POSTed to the daemon).
+- ``Inbox``: the durable queue of the ``http`` trigger (messages POSTed to the daemon);
+- ``DiffStore``: diff sync's baseline per route and each batch's frozen plan (``sender.diff``).
 
 A ledger class registers under the ``sender.ledgers`` entry-point group and declares the URL
 schemes it serves (``LedgerType``); ``daemon.ledger``'s scheme picks it. Re-exported by
@@ -21,11 +22,14 @@ from .model import BatchState, ChunkState, ObjectInfo, TriggerMessage
 __all__ = [
     "BatchRecord",
     "ChunkRecord",
+    "DiffStore",
     "Inbox",
     "InboxMessage",
     "InboxOutcome",
     "Ledger",
     "LedgerType",
+    "PlanKind",
+    "PlanRow",
     "ReplayLog",
     "RouteStats",
     "replays_of",
@@ -244,6 +248,84 @@ class Inbox(Protocol):
 
     async def get_message(self, message_id: str) -> InboxMessage | None:
         """The inbox row, or None."""
+        ...
+
+
+PlanKind = Literal["send", "duplicate", "bad", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One row of a route's frozen plan for a batch.
+
+    ``send``: the record at ``ordinal`` is sent as the ``seq``-th record of the route (its
+    ``key`` and ``hash`` enter the baseline once delivered). ``duplicate`` and ``bad``: the
+    record at ``ordinal`` is rejected with ``reason``. ``delete``: a tombstone for ``key``,
+    sent as the ``seq``-th record, after every data record."""
+
+    kind: PlanKind
+    ordinal: int | None
+    seq: int | None = None
+    key: bytes | None = None
+    hash: bytes | None = None
+    reason: str | None = None
+
+
+@runtime_checkable
+class DiffStore(Protocol):
+    """What a ledger offers for diff sync (SQLite and PostgreSQL alike): the baseline per
+    dataset and route, and each batch's frozen plan. Keys and hashes are bytes."""
+
+    async def baseline_page(
+        self, dataset: str, route: str, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` ``(key, hash)`` pairs of the baseline with keys after ``after``,
+        in key order (bytewise)."""
+        ...
+
+    async def start_plan(self, batch_id: str, route: str) -> None:
+        """Forget any unfinished plan of the batch for the route (a crash while planning)."""
+        ...
+
+    async def save_plan(self, batch_id: str, route: str, rows: Sequence[PlanRow]) -> None:
+        """Append rows to the batch's plan for the route (called in ordinal order, then the
+        tombstones in seq order; a plan is written once, before anything is sent)."""
+        ...
+
+    async def finish_plan(self, batch_id: str, route: str) -> None:
+        """The plan is whole: from now on ``has_plan`` is True and it never changes."""
+        ...
+
+    async def has_plan(self, batch_id: str, route: str) -> bool:
+        """Whether a finished plan exists (an unfinished one does not count)."""
+        ...
+
+    async def plan_page(
+        self, batch_id: str, route: str, after_ordinal: int, limit: int
+    ) -> list[PlanRow]:
+        """``send``/``duplicate``/``bad`` rows with ordinals after ``after_ordinal``, in
+        ordinal order."""
+        ...
+
+    async def tombstone_page(
+        self, batch_id: str, route: str, after_seq: int, limit: int
+    ) -> list[PlanRow]:
+        """``delete`` rows with seqs after ``after_seq``, in seq order."""
+        ...
+
+    async def commit_baseline(
+        self,
+        dataset: str,
+        route: str,
+        batch_id: str,
+        delivered: Sequence[tuple[int, int]],
+        *,
+        replace: bool = False,
+    ) -> int:
+        """Move the plan's rows whose seq lies in one of the ``[start, end)`` ranges into the
+        baseline (a ``send`` row sets its key's hash, a ``delete`` row removes the key), in
+        one transaction; with ``replace`` (a full refresh) the baseline is first emptied.
+        Returns the rows moved."""
         ...
 
 

@@ -13,11 +13,11 @@ from sender.diff import (
     DiffFilter,
     DiffPlanner,
     DiffSpec,
-    PlanRow,
     RecordDigest,
     baseline_pages,
     tombstone,
 )
+from sender.ports import PlanRow
 
 
 class BaselineStore:

@@ -17,6 +17,7 @@ from sender.model import BatchState, ChunkState, ObjectInfo
 from sender.ports import RouteStats
 from sender.testing import (
     Clock,
+    DiffStoreContract,
     InboxContract,
     LedgerContract,
     ReplayLogContract,
@@ -27,7 +28,7 @@ from sender_adapters.memory import MemoryLedger
 from sender_adapters.sqlite import MIGRATIONS, SqliteLedger
 
 
-class TestSqliteLedger(LedgerContract, ReplayLogContract, InboxContract):
+class TestSqliteLedger(LedgerContract, ReplayLogContract, InboxContract, DiffStoreContract):
     """Every ledger suite on a SQLite file; the replica is a second handle on the same file
     (another process on the machine, as ``sender replay`` beside the daemon)."""
 

@@ -31,6 +31,7 @@ from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, TriggerMessage
 from sender.testing import (
     Clock,
+    DiffStoreContract,
     InboxContract,
     LedgerContract,
     ReplayLogContract,
@@ -42,7 +43,16 @@ from sender_adapters.postgres import MIGRATIONS, PostgresLedger
 from tests.batches import write_batch
 
 ADMIN_DSN = os.environ.get("SENDER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-_TABLES = ("chunks", "replays", "leases", "inbox", "batches")
+_TABLES = (
+    "chunks",
+    "replays",
+    "leases",
+    "inbox",
+    "diff_plans",
+    "diff_plan_state",
+    "diff_baseline",
+    "batches",
+)
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -104,7 +114,7 @@ async def empty_database(dsn: str, *, migrate: bool = True) -> None:
         await conn.close()
 
 
-class TestPostgresLedger(LedgerContract, ReplayLogContract, InboxContract):
+class TestPostgresLedger(LedgerContract, ReplayLogContract, InboxContract, DiffStoreContract):
     """Every ledger suite on PostgresLedger; the replica is a second pool on the same
     database, as another replica of the daemon has."""
 

@@ -24,6 +24,7 @@ declare the fixtures with ``pytest_asyncio.fixture``).
 from __future__ import annotations
 
 from .destination import DestinationContract, make_encoded_chunk
+from .diff import DiffStoreContract
 from .inbox import InboxContract
 from .ledger import Clock, LedgerContract, make_chunk, make_message
 from .replay_log import ReplayLogContract
@@ -33,6 +34,7 @@ from .trigger import TriggerContract
 __all__ = [
     "Clock",
     "DestinationContract",
+    "DiffStoreContract",
     "InboxContract",
     "LedgerContract",
     "ReplayLogContract",
