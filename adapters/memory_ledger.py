@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
+from sender_adapters.memory_diff import MemoryDiff
 
 __all__ = ["MemoryLedger"]
 
@@ -28,9 +29,10 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class MemoryLedger(Resource):
+class MemoryLedger(MemoryDiff, Resource):
     """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
-    (including ``record_replay``/``replays``), nothing durable.
+    (including ``record_replay``/``replays``, the inbox and diff sync's ``DiffStore``),
+    nothing durable.
 
     Records going in and out are copies, as with a database: changing a returned record does
     not change the ledger. ``clock`` returns the current time (aware UTC); tests inject one to
@@ -50,6 +52,7 @@ class MemoryLedger(Resource):
         self._inbox: dict[str, InboxMessage] = {}  # insertion order is arrival order
         self._sequence = itertools.count(1)
         self._closed = False
+        self._init_diff()
 
     @classmethod
     def from_url(

@@ -43,7 +43,7 @@ class TestSqliteLedger(LedgerContract, ReplayLogContract, InboxContract, DiffSto
             yield opened
 
 
-class TestMemoryLedger(LedgerContract, ReplayLogContract, InboxContract):
+class TestMemoryLedger(LedgerContract, ReplayLogContract, InboxContract, DiffStoreContract):
     """Every ledger suite on the in-memory fake the core's tests use."""
 
     @pytest.fixture
