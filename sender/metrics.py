@@ -175,6 +175,13 @@ class Metrics:
             ["route", "from_target"],
             registry=r,
         )
+        self._gone = Counter(
+            "sender_destination_gone_total",
+            "Destinations disabled for the rest of the process because their receiver answered "
+            "410 Gone (at most 1 per target).",
+            ["target"],
+            registry=r,
+        )
         self._breaker = Gauge(
             "sender_circuit_state",
             "Circuit breaker of a target: 0 closed, 1 half-open, 2 open.",
@@ -256,6 +263,11 @@ class Metrics:
     def retry(self, target: str) -> None:
         """A failed attempt on ``target`` will be retried (call it from ``on_retry``)."""
         self._retries.labels(target).inc()
+
+    @_safe
+    def destination_gone(self, target: str) -> None:
+        """``target`` answered 410 Gone: it is disabled until the process restarts."""
+        self._gone.labels(target).inc()
 
     @_safe
     def breaker_state(self, target: str, state: str) -> None:

@@ -7,7 +7,10 @@ every delivery to it, shared by all batches:
   record, and a shared pause when the receiver answers with ``Retry-After``;
 - **concurrency**: a fixed number of requests in flight, or ``"adaptive"`` (AIMD up to
   ``max_concurrency``, ``sender.concurrency``);
-- the **retry policy** (``sender.retry``).
+- the **retry policy** (``sender.retry``);
+- **gone**: a ``PermanentError`` with ``gone`` (HTTP 410) disables the target for the rest of
+  the process (``destination.gone``, ``sender_destination_gone_total``, ``stats()["gone"]``):
+  every later send fails at once, so chunks go on to the fallback or the dead-letter store.
 
 One attempt goes: wait out a pause → take a concurrency slot → take rate-limit tokens →
 (paused meanwhile? wait again) → send. Waiting for a slot or for tokens is queueing, not
@@ -125,6 +128,9 @@ class Target:
         self.retry = RetryPolicy(options.retry, sleep=sleep, clock=clock)
         self._rng = random.Random()  # one per target: seeding one per send costs a urandom
         self.attempts = AttemptLog()  # latency, retries and the last error, for status pages
+        # why the receiver said it is gone for good (HTTP 410): from then on, for the rest of
+        # the process's life, every send fails at once and chunks move on to the fallback
+        self.gone: str | None = None
 
     @property
     def encoding(self) -> tuple[str, str, int | None]:
@@ -148,6 +154,7 @@ class Target:
             else 0.0,
             "pauses": self.pause.pauses,
             "circuit_retry_after_s": round(self.circuit.retry_after(), 3),
+            "gone": self.gone,
             **self.attempts.stats(),
         }
 
@@ -168,6 +175,7 @@ class Target:
     async def _send(
         self, chunk: EncodedChunk, circuit: bool, log_fields: dict[str, Any]
     ) -> Delivered:
+        self._refuse_if_gone()
         probe = self.circuit.acquire() if circuit else False
         if probe:
             log.info("circuit.probe", target=self.name, **log_fields)
@@ -209,6 +217,7 @@ class Target:
                 queued += clock() - waiting
                 # a receiver may have paused us while we queued
                 await self._wait_pause(budget_s - (budget_clock() - started), log_fields)
+                self._refuse_if_gone()  # or said it is gone while we queued or backed off
                 attempts += 1
                 sent = clock()
                 try:
@@ -222,6 +231,8 @@ class Target:
                 except PermanentError as exc:
                     self.attempts.failed(str(exc), clock() - sent)
                     self._observe(clock() - sent, pushed_back=False)
+                    if exc.gone:
+                        self._disable(exc, log_fields)
                     raise
                 self._observe(clock() - sent, pushed_back=False)
                 self.attempts.answered(clock() - sent)
@@ -264,6 +275,22 @@ class Target:
             raise
         self.circuit.record_success(probe)
         return Delivered(result.value, result.attempts)
+
+    def _refuse_if_gone(self) -> None:
+        if self.gone is not None:
+            raise PermanentError(
+                f"{self.name} is disabled until restart: it answered {self.gone}",
+                status=410,
+                gone=True,
+            )
+
+    def _disable(self, error: PermanentError, log_fields: dict[str, Any]) -> None:
+        if self.gone is not None:  # chunks in flight at the time get their 410s too
+            return
+        self.gone = error.reason
+        log.error("destination.gone", target=self.name, error=error.reason, **log_fields)
+        if self.metrics is not None:
+            self.metrics.destination_gone(self.name)
 
     async def _deliver(self, chunk: EncodedChunk) -> Receipt:
         if self.metrics is None:
