@@ -182,6 +182,8 @@ def batches_table(batches: list[dict[str, Any]]) -> str:
 
 
 def _circuit(d: dict[str, Any]) -> str:
+    if d.get("gone"):  # answered 410 Gone: disabled until restart, whatever the circuit says
+        return '<span class="circuit circuit-open">gone</span><div class="sub">410: disabled</div>'
     state = d["circuit"]
     label = _CIRCUIT_LABEL.get(state, state)
     wait = d.get("circuit_retry_after_s") or 0

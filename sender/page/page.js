@@ -93,6 +93,7 @@
   }
   var CIRCUIT = { closed: "closed", open: "open", half_open: "half-open" };
   function circuit(d) {
+    if (d.gone) return '<span class="circuit circuit-open">gone</span><div class="sub">410: disabled</div>';
     var after = d.circuit === "open" && d.circuit_retry_after_s ? '<div class="sub">probe in ' + seconds(d.circuit_retry_after_s) + "</div>" : "";
     return '<span class="circuit circuit-' + e(d.circuit) + '">' + e(CIRCUIT[d.circuit] || d.circuit) + "</span>" + after;
   }
