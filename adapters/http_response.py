@@ -116,7 +116,7 @@ def classify_response(
         return RetryableError(detail, status=status, retry_after=retry_after)
     if status == 410:
         return PermanentError(
-            f"{detail} (the receiver says this endpoint is gone: destination disabled)",
+            f"{detail} (gone: the destination is disabled)",
             status=status,
             gone=True,
         )
