@@ -113,7 +113,8 @@ class AmqpTrigger(Resource):
         connect_timeout_s: Duration = Field(10.0, alias="connect_timeout", gt=0)
         reconnect_max_s: Duration = Field(30.0, alias="reconnect_max", gt=0)
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
         self.options = options
         self._connections: list[AbstractConnection] = []  # consuming ones, old and current
         self._publisher: AbstractConnection | None = None

@@ -252,6 +252,7 @@ class GcsSource(BucketSource):
     """
 
     scheme, kind = "gs", "gcs"
+    schemes = frozenset({"gs"})
 
     class Options(SourceOptions):
         """``[sources.<name>]`` with ``type = "gcs"``."""
@@ -264,7 +265,8 @@ class GcsSource(BucketSource):
         timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
         retry_budget_s: Duration = Field(120.0, alias="retry_budget", gt=0)
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, name: str = "gcs", options: Options | None = None) -> None:
+        self.name = name
         self.options = options or self.Options()
         super().__init__(self.options.read_size)
         self._client = _Client(

@@ -107,7 +107,8 @@ class HttpTrigger(Resource):
         poll_s: Duration = Field(1.0, alias="poll", gt=0)
         timeout_s: Duration = Field(30.0, alias="timeout", gt=0)  # of a POST by `publish`
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
         self.options = options
         self.owner = f"{default_owner()}:{uuid.uuid4().hex[:6]}"
         self._inbox: Inbox | None = None

@@ -2,7 +2,8 @@
 
 ``LocalDestination`` is the default dead-letter store: each chunk is a payload file plus a
 ``.meta.json`` sidecar (batch, route, chunk, records, idempotency key, checksum, and why it is
-there), which on-call can read, and ``sender replay`` can send again byte for byte.
+there), which on-call can read, and ``sender replay`` can send again byte for byte;
+``sender dead-letters --purge`` deletes those delivered since through ``purge``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
+import orjson
+
 from sender.config import DestinationOptions, LocalPath, SourceOptions
-from sender.drop import chunk_meta, chunk_object_name
+from sender.drop import chunk_meta, chunk_object_name, object_name
 from sender.errors import AdapterClosed, RetryableError, SourceError
 from sender.model import EncodedChunk, ObjectInfo, Receipt
 from sender.ports import Resource
@@ -33,10 +36,13 @@ def _version(stat: os.stat_result) -> str:
 class LocalSource(Resource):
     """Reads ``/path``, ``file:///path`` or a single file from the local filesystem."""
 
+    schemes = frozenset({"", "file"})
+
     class Options(SourceOptions):
         type: Literal["local"] = "local"
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, name: str = "local", options: Options | None = None) -> None:
+        self.name = name
         self.options = options or self.Options()
         self._closed = False
 
@@ -122,6 +128,7 @@ class LocalDestination(Resource):
 
     formats = frozenset({"ndjson", "json", "csv"})
     codecs = frozenset({"none", "gzip", "zstd"})
+    schemes = frozenset({"file"})  # can be the default dead-letter folder (by its ``path``)
 
     class Options(DestinationOptions):
         type: Literal["local"] = "local"
@@ -176,6 +183,38 @@ class LocalDestination(Resource):
         _atomic_write(path, chunk.payload)
         _atomic_write(path.with_name(path.name + ".meta.json"), chunk_meta(chunk))
         return path
+
+    async def holds(self, location: str) -> bool:
+        """Whether the chunk file ``deliver`` wrote at ``location`` is still there."""
+        return await asyncio.to_thread(self._written_here, location) is not None
+
+    async def purge(self, location: str) -> bool:
+        """Delete the chunk file at ``location`` and its ``.meta.json``; False, deleting
+        nothing, unless its sidecar says this store wrote that very file (whatever the
+        ledger says, nothing else is ever deleted)."""
+
+        def delete() -> bool:
+            path = self._written_here(location)
+            if path is None:
+                return False
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".meta.json").unlink(missing_ok=True)
+            return True
+
+        return await asyncio.to_thread(delete)
+
+    def _written_here(self, location: str) -> Path | None:
+        path = _path(location)
+        try:
+            meta = orjson.loads(path.with_name(path.name + ".meta.json").read_bytes())
+            name = object_name(
+                meta["chunk"], kind=meta["kind"], format=meta["format"], codec=meta["codec"]
+            )
+            expected = self.folder(meta["batch_id"], meta["dataset"], meta["route"]) / name
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        same = os.path.abspath(expected) == os.path.abspath(path) and path.is_file()
+        return path if same else None
 
     async def aclose(self) -> None:
         """Refuse further use; idempotent (files are closed after every write)."""

@@ -141,6 +141,7 @@ class S3Source(BucketSource):
     """
 
     scheme = kind = "s3"
+    schemes = frozenset({"s3"})
 
     class Options(SourceOptions):
         """``[sources.<name>]`` with ``type = "s3"``."""
@@ -153,7 +154,8 @@ class S3Source(BucketSource):
         timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
         attempts: int = Field(5, ge=1)  # botocore's own retries of each request
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, name: str = "s3", options: Options | None = None) -> None:
+        self.name = name
         self.options = options or self.Options()
         super().__init__(self.options.read_size)
         self._client = AwsClient(

@@ -71,7 +71,8 @@ class SpoolTrigger(Resource):
         path: LocalPath = Field("var/queue", validate_default=True)  # beside the config
         poll_s: Duration = 0.5
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
         self.options = options
         self.root = Path(options.path)
         self._closed = asyncio.Event()

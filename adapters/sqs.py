@@ -141,7 +141,8 @@ class SqsTrigger(Resource):
         visibility_s: Duration = Field(300.0, alias="visibility", ge=0, le=43200)
         on_invalid: Literal["leave", "delete"] = "leave"
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
         self.options = options
         self.redrive = False  # the queue has a redrive policy (known once connected)
         self._client = AwsClient(

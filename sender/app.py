@@ -55,7 +55,7 @@ class App:
         try:
             await self._stack.enter_async_context(self.ledger)
             for name, section in self.config.destinations.items():
-                destination = section.cls(name, section.options)
+                destination = section.build()
                 self._stack.push_async_callback(destination.aclose)
                 self.targets[name] = Target(
                     name, destination, section.options, metrics=self.metrics
@@ -73,9 +73,9 @@ class App:
 
     async def source_for(self, uri: str) -> Source:
         section = self.config.source_for(uri)
-        source = self._sources.get(section.type)
+        source = self._sources.get(section.name)
         if source is None:
-            source = section.cls(section.options)
+            source = section.build()
             self._stack.push_async_callback(source.aclose)
-            self._sources[section.type] = source
+            self._sources[section.name] = source
         return source

@@ -30,6 +30,7 @@ from .errors import (
     UsageError,
 )
 from .log import configure_logging, mask
+from .tuning import tune_process
 
 __all__ = ["amain", "main"]
 
@@ -632,6 +633,8 @@ async def amain(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sender`` command: the process is ours, so it is tuned first (``sender.tuning``)."""
+    tune_process()
     _consoles()
     args = _parser().parse_args(argv)
     if args.command != "run":

@@ -12,9 +12,11 @@
 - A trigger that loses its broker reconnects by itself while ``connected`` is False
   (``/readyz`` answers 503); if its message stream fails anyway, the daemon opens it again
   with backoff.
-- SIGTERM/SIGINT: stop taking messages, let chunks in flight finish within ``shutdown_grace``,
-  record them, release unfinished messages for redelivery, exit 0. A second signal exits at
-  once (exit code 1).
+- SIGTERM/SIGINT (unless ``run(handle_signals=False)`` leaves signals to the host, which
+  calls ``request_stop``): stop taking messages, let chunks in flight finish within
+  ``shutdown_grace``, record them, release unfinished messages for redelivery, exit 0. A
+  second signal stops waiting for the grace period: what is in flight is cancelled (and
+  recorded, and its messages released), exit code 1.
 
 ``serve(config)`` is ``sender run``; ``open_daemon(config)`` builds the same daemon for tests
 and embedding (``async with open_daemon(config) as daemon: await daemon.run()``).
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections import deque
 from collections.abc import AsyncIterator
@@ -42,7 +43,16 @@ from .live import LiveStatus
 from .log import get_logger
 from .metrics import Metrics
 from .model import BatchState, TriggerMessage, parse_trigger_message
-from .ports import Envelope, Ledger, Trigger
+from .ports import (
+    Checkable,
+    Destination,
+    Envelope,
+    Ledger,
+    LedgerBound,
+    PendingCount,
+    TokenAccepting,
+    Trigger,
+)
 from .statusdata import StatusSource
 from .statuspage import StatusPage
 from .systemd import SystemdNotifier
@@ -61,14 +71,13 @@ _BURST_IDLE_S = 1.0
 def open_trigger(config: AppConfig, ledger: Ledger | None = None) -> Trigger:
     """The configured trigger, not yet used; bound to ``ledger`` (the daemon's) when given.
 
-    A trigger with a ``bind(ledger, daemon)`` method gets it called here: the ``http`` trigger
+    A ``LedgerBound`` trigger gets ``bind(ledger, daemon)`` called here: the ``http`` trigger
     keeps its inbox in the ledger, and without one (``sender trigger``) POSTs to the daemon at
     ``daemon.listen``.
     """
-    trigger: Trigger = config.trigger.cls(config.trigger.options)
-    bind = getattr(trigger, "bind", None)
-    if bind is not None:
-        bind(ledger, config.daemon)
+    trigger = config.trigger.build()
+    if isinstance(trigger, LedgerBound):
+        trigger.bind(ledger, config.daemon)
     return trigger
 
 
@@ -99,7 +108,16 @@ class Daemon:
         self.config = app.config
         self.trigger = trigger
         self.burst = burst
+        # what the daemon asks of its adapters beyond their ports is checked once, here
+        self._pending: PendingCount | None = trigger if isinstance(trigger, PendingCount) else None
+        if burst and self._pending is None:
+            raise ConfigError(
+                f"trigger.type: a {self.config.trigger.type} trigger cannot tell when its queue "
+                "is empty (it has no pending()): sender run --burst needs one that can"
+            )
+        self._dead_letter_checks = _checkable_dead_letters(app)
         self.stopping = asyncio.Event()
+        self._forced = asyncio.Event()  # a second stop request: stop waiting for the grace
         self.problem: str | None = None  # set while batches cannot finish (dead-letter down)
         self.trigger_problem: str | None = None  # set while the message stream fails
         self.control: ControlServer | None = None  # set by open_daemon
@@ -139,17 +157,10 @@ class Daemon:
 
     async def _dead_letter_problems(self) -> list[str]:
         """Dead-letter stores that say they cannot take a chunk now (``check()``)."""
-        names = {
-            route.dead_letter or self.config.dead_letter_default
-            for route in self.config.routes.values()
-        }
         problems = []
-        for name in sorted(names):
-            check = getattr(self.app.targets[name].destination, "check", None)
-            if check is None:
-                continue
+        for name, store in self._dead_letter_checks:
             try:
-                await check()
+                await store.check()
             except SenderError as exc:
                 problems.append(f"dead-letter store {name}: {exc}")
         return problems
@@ -177,18 +188,26 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------
 
     def request_stop(self, signame: str = "") -> None:
-        """Begin a graceful stop; called a second time, exit the process at once."""
+        """Begin a graceful stop; called a second time, stop waiting for the grace period:
+        what is in flight is cancelled and ``run`` returns 1."""
         if self.stopping.is_set():
-            log.warning("daemon.forced_exit", signal=signame)
-            os._exit(1)
+            if not self._forced.is_set():
+                log.warning("daemon.forced_exit", signal=signame, cancelled=len(self._tasks))
+                self._forced.set()
+            return
         log.info("daemon.stopping", signal=signame, in_flight=sorted(self._running))
         self.stopping.set()
 
-    async def run(self) -> int:
+    async def run(self, *, handle_signals: bool = True) -> int:
         """Take and run messages until stopped (or, in burst mode, until the queue is
-        empty); drain; return the exit code (0)."""
+        empty); drain; return the exit code: 0, or 1 when a second stop request cut the
+        grace period short.
+
+        With ``handle_signals`` SIGTERM and SIGINT call ``request_stop`` while this runs;
+        ``handle_signals=False`` leaves signals to the host, which calls ``request_stop``."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         log.info(
@@ -201,11 +220,11 @@ class Daemon:
             await self._consume()
         finally:
             await self._drain()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
-        log.info("daemon.stopped")
-        return 0
+        log.info("daemon.stopped", forced=self._forced.is_set())
+        return 1 if self._forced.is_set() else 0
 
     async def _consume(self) -> None:
         failures = 0
@@ -289,8 +308,7 @@ class Daemon:
     async def _burst_done(self) -> bool:
         if self._tasks:
             return False
-        pending = getattr(self.trigger, "pending", None)
-        return pending is None or await pending() == 0
+        return self._pending is None or await self._pending.pending() == 0
 
     async def _acquire_slot(self, stop: asyncio.Future[Any]) -> bool:
         """Wait for a free slot; False (holding none) when stopping first."""
@@ -316,12 +334,22 @@ class Daemon:
             return
         grace = self.config.daemon.shutdown_grace_s
         log.info("daemon.draining", batches=sorted(self._running), grace_s=grace)
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        finished: asyncio.Future[Any] = asyncio.gather(*self._tasks, return_exceptions=True)
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self._forced.wait())
+        try:
+            # the grace period, cut short by a second stop request
+            await asyncio.wait(
+                {finished, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            forced.cancel()
+        pending = {task for task in self._tasks if not task.done()}
         for task in pending:
             task.cancel()
         if pending:
             log.warning("daemon.grace_expired", cancelled=len(pending))
             await asyncio.wait(pending)
+        await finished
 
     # -- one message -----------------------------------------------------------------------
 
@@ -468,6 +496,15 @@ class Daemon:
                     )
 
 
+def _checkable_dead_letters(app: App) -> list[tuple[str, Checkable]]:
+    """The dead-letter stores that can say whether they take chunks now (``/readyz``)."""
+    names = {app.config.dead_letter_of(route) for route in app.config.routes}
+    stores: list[tuple[str, Destination]] = [
+        (name, app.targets[name].destination) for name in sorted(names)
+    ]
+    return [(name, store) for name, store in stores if isinstance(store, Checkable)]
+
+
 @contextlib.asynccontextmanager
 async def open_daemon(
     config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None
@@ -492,7 +529,7 @@ async def open_daemon(
             readiness=daemon.readiness,
             accept=daemon.accept,
             token=token,
-            accept_token=getattr(trigger, "accept_token", None),
+            accept_token=trigger.accept_token if isinstance(trigger, TokenAccepting) else None,
             registry=metrics.registry,
             page=StatusPage(source, token),
         )

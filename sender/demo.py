@@ -136,7 +136,7 @@ async def run_demo(
         console.print(f"page      http://{config.daemon.listen}/")
         console.print(f"top       sender top -c {_shown(path)}")
         console.rule()
-        trigger = config.trigger.cls(config.trigger.options)
+        trigger = config.trigger.build()
         await trigger.publish(TriggerMessage(batch_id=_BATCH_ID, dataset="churn", uri=str(batch)))
         await trigger.aclose()
         await _run_daemon(config, serve_s)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import io
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from .errors import SourceError
 from .model import ObjectInfo
 from .ports import LocalFiles, Source
 from .streams import SeekableObject
+from .tuning import release_free_memory
 
 __all__ = ["read_parquet"]
 
@@ -66,24 +66,6 @@ def _local_batches(path: str, obj: ObjectInfo) -> Generator[Any, None, None]:
         raise SourceError(f"{obj.uri}: cannot open: {exc.strerror or exc}") from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise SourceError(f"{obj.uri}: corrupt or unreadable Parquet file: {exc}") from exc
-
-
-def _malloc_trim() -> Callable[[int], object] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_trim = _malloc_trim()
-
-
-def _release_free_memory() -> None:
-    """Give the heap's free pages back to the system. Arrow buffers are allocated by one
-    thread and freed by others, so glibc's per-thread arenas keep growing holes that it
-    would not return on its own: on a 2 GB batch this is ~50 MiB of peak memory."""
-    if _trim is not None:
-        _trim(0)
 
 
 def _ndjson(obj: ObjectInfo, batch: Any, first_row: int = 1) -> RecordBlock:
@@ -162,7 +144,8 @@ async def read_parquet(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordB
                 yield block
             blocks += 1
             if blocks % 8 == 0:
-                _release_free_memory()
+                # between two decodes, on the decoder's thread: off the event loop
+                decoder.submit(release_free_memory)
     finally:
         if not decoding.done():
             with contextlib.suppress(BaseException):

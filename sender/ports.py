@@ -6,13 +6,19 @@ composition root looks them up by ``type``. Every adapter is an async context ma
 ``aclose()`` is idempotent. Each adapter class declares ``Options``, the pydantic model of its
 config section, so a third-party adapter validates its own keys with the same key-path errors
 as the built-ins.
+
+One construction convention (``AdapterFactory``): a source, trigger or destination class is
+called ``cls(name, options)`` with its section's name and its validated ``Options``; a ledger
+class is ``cls.from_url(url)`` (``LedgerType``). Optional abilities are the small
+``runtime_checkable`` Protocols below, checked with ``isinstance`` once, where adapters are
+wired.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 # the ledger's ports live in their own module (three Protocols and their rows)
 from .ledger_ports import (
@@ -30,14 +36,17 @@ from .ledger_ports import (
     replays_of,
 )
 from .model import EncodedChunk, ObjectInfo, Receipt, TriggerMessage
+from .options import DaemonConfig, DestinationOptions, Options, SourceOptions, TriggerOptions
 
 __all__ = [
+    "AdapterFactory",
     "BatchFinisher",
     "BatchRecord",
     "BatchSummary",
     "Checkable",
     "ChunkRecord",
     "Destination",
+    "DestinationFactory",
     "DiffStore",
     "Envelope",
     "Inbox",
@@ -53,9 +62,12 @@ __all__ = [
     "ReplayLog",
     "Resource",
     "RouteStats",
+    "ServesSchemes",
     "Source",
+    "SourceFactory",
     "TokenAccepting",
     "Trigger",
+    "TriggerFactory",
     "replays_of",
 ]
 
@@ -83,7 +95,9 @@ class Resource:
 class Source(Protocol):
     """Reads the objects of a batch from storage (local disk, S3, GCS).
 
-    Raises ``SourceError`` for a missing path, bucket or object, or denied access.
+    Its class declares ``schemes``, the URI schemes it serves (``ServesSchemes``): a batch URI
+    goes to the source of its scheme. Raises ``SourceError`` for a missing path, bucket or
+    object, or denied access.
     """
 
     async def list(self, uri: str) -> list[ObjectInfo]:
@@ -102,6 +116,10 @@ class Source(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
 
 @runtime_checkable
 class Destination(Protocol):
@@ -109,7 +127,9 @@ class Destination(Protocol):
 
     ``deliver`` returns a ``Receipt`` or raises ``RetryableError`` (with ``retry_after`` when the
     receiver said when to come back) or ``PermanentError``; the destination alone decides which,
-    because only it knows what its receiver's answers mean.
+    because only it knows what its receiver's answers mean. ``formats`` and ``codecs`` are
+    class attributes: a section configured with a ``format`` or ``compression`` its class does
+    not declare is a config error.
     """
 
     name: str
@@ -119,6 +139,10 @@ class Destination(Protocol):
     async def deliver(self, chunk: EncodedChunk) -> Receipt: ...
 
     async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +179,12 @@ class Checkable(Protocol):
 class Purgeable(Protocol):
     """Optional for a destination used as a dead-letter store: ``purge(location)`` deletes
     one stored dead letter (and its metadata) by the location its ``deliver`` returned;
-    True when something was deleted. ``sender dead-letters --purge`` goes through it."""
+    True when something was deleted, False (deleting nothing) when ``location`` is not a dead
+    letter this store holds. ``holds(location)`` says whether it still holds one there.
+    ``sender dead-letters --purge`` goes through it (a dead-letter store without it is a
+    config error there); ``sender dead-letters`` and ``sender status`` ask ``holds``."""
+
+    async def holds(self, location: str) -> bool: ...
 
     async def purge(self, location: str) -> bool: ...
 
@@ -180,9 +209,9 @@ class LedgerBound(Protocol):
     cannot serve this trigger (the ``http`` one needs an ``Inbox``), or None."""
 
     @classmethod
-    def ledger_problem(cls, ledger: type, name: str) -> str | None: ...
+    def ledger_problem(cls, ledger: LedgerType, name: str) -> str | None: ...
 
-    def bind(self, ledger: Ledger | None, daemon: Any) -> None: ...
+    def bind(self, ledger: Ledger | None, daemon: DaemonConfig) -> None: ...
 
 
 @runtime_checkable
@@ -197,7 +226,7 @@ class TokenAccepting(Protocol):
 @runtime_checkable
 class PendingCount(Protocol):
     """Optional for a trigger: messages waiting, so ``sender run --burst`` knows when the
-    queue is empty."""
+    queue is empty (``--burst`` with a trigger without it is a config error)."""
 
     async def pending(self) -> int: ...
 
@@ -230,16 +259,8 @@ class Envelope(Protocol):
 class Trigger(Protocol):
     """Where the daemon takes trigger messages from (spool directory, HTTP, SQS, AMQP).
 
-    Optional hooks the core looks for with ``getattr``:
-
-    - ``bind(ledger: Ledger | None, daemon: DaemonConfig) -> None``: called once, right after
-      construction, by ``sender.daemon.open_trigger``; inside the daemon ``ledger`` is the
-      app's opened ledger, in ``sender trigger`` it is None. The ``http`` trigger keeps its
-      inbox in the ledger and learns ``daemon.listen``/``daemon.token`` this way.
-    - ``accept_token: str | None``: a bearer token ``POST /v1/batches`` also accepts (besides
-      ``daemon.token``; either one will do).
-    - ``async pending() -> int``: messages waiting, so ``sender run --burst`` knows when the
-      queue is empty.
+    Optional abilities: ``LedgerBound`` (``bind``), ``TokenAccepting`` (``accept_token``) and
+    ``PendingCount`` (``pending``, which ``sender run --burst`` needs).
     """
 
     def messages(self) -> AsyncIterator[Envelope]:
@@ -256,3 +277,51 @@ class Trigger(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+# -- construction ------------------------------------------------------------------------
+
+PortT = TypeVar("PortT", covariant=True)
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+class AdapterFactory(Protocol[PortT, OptionsT]):
+    """How the core builds a source, trigger or destination: ``cls(name, options)``, where
+    ``name`` is its section's name (``destinations.NAME``; ``trigger`` for the trigger) and
+    ``options`` its section validated by ``cls.Options``. What the registry hands out; a
+    ledger class is built by ``from_url`` instead (``LedgerType``)."""
+
+    Options: type[OptionsT]
+
+    def __call__(self, name: str, options: OptionsT, /) -> PortT: ...
+
+
+@runtime_checkable
+class ServesSchemes(Protocol):
+    """An adapter class that serves URIs of ``schemes`` (``""`` for a plain path): every
+    source (a batch URI goes to the source of its scheme), every ledger (``daemon.ledger``),
+    and a destination that can keep chunks in a folder (``file``), configured by its ``path``
+    option: routes without a ``dead_letter`` share one such folder, ``var/dead-letter``."""
+
+    schemes: Collection[str]
+
+
+class SourceFactory(AdapterFactory[Source, SourceOptions], Protocol):
+    """A source class: ``cls(name, options)``, and the URI schemes it serves."""
+
+    schemes: Collection[str]
+
+
+class DestinationFactory(AdapterFactory[Destination, DestinationOptions], Protocol):
+    """A destination class: ``cls(name, options)``, and the encodings and compressions it
+    takes (checked against its section's ``format`` and ``compression`` when loaded)."""
+
+    formats: frozenset[str]
+    codecs: frozenset[str]
+
+
+TriggerFactory = AdapterFactory[Trigger, TriggerOptions]

@@ -57,7 +57,7 @@ from .errors import (
 )
 from .log import get_logger
 from .model import ChunkState, EncodedChunk, ObjectInfo, Receipt, TriggerMessage, chunk_sort_key
-from .ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
+from .ports import BatchRecord, ChunkRecord, ReplayLog, Resource, RouteStats, replays_of
 from .readers import list_batch
 from .targets import Target
 from .units import Rate
@@ -388,7 +388,7 @@ class _Pacer:
                 await asyncio.sleep(start - now)
 
 
-class _Paced:
+class _Paced(Resource):
     """A destination whose every attempt (retries too) waits for the replay's pacer: the
     fragile receiver ``--rate`` protects sees no burst, not even of retries."""
 

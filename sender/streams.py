@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 from .model import ObjectInfo
@@ -65,16 +65,17 @@ class StreamReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed and not self._eof:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None and _on_loop_thread(self._loop):
+            # a source's open() is an async generator (then it has aclose) or an iterator
+            stream = self._stream if isinstance(self._stream, AsyncGenerator) else None
+            if stream is not None and _on_loop_thread(self._loop):
                 # closed on the loop's own thread (garbage collected there, with a traceback
                 # that held it): waiting for the loop would deadlock it, so only schedule
-                task = self._loop.create_task(aclose())
+                task = self._loop.create_task(stream.aclose())
                 _closing.add(task)
                 task.add_done_callback(_closing.discard)
-            elif aclose is not None:
+            elif stream is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is gone already
-                    _run(self._loop, aclose())
+                    _run(self._loop, stream.aclose())
         super().close()
 
 

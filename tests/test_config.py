@@ -17,6 +17,7 @@ from sender.config import AppConfig, TriggerOptions, default_config_path, load_c
 from sender.errors import ConfigError
 from sender.log import configure_logging, get_logger, mask
 from sender.units import Rate
+from tests.plugins import acme_plugin  # noqa: F401 (a fixture)
 
 # DESIGN.md's reference, with only the adapter types this repository registers: the bucket
 # fallback is a local folder and the source section is a local one.
@@ -591,6 +592,65 @@ def test_route_without_dead_letter_gets_the_implicit_local_store(etc: Path) -> N
     assert implicit.type == "local"
     assert implicit.options.path == str(etc / "var" / "dead-letter")
     assert config.routes["r"].dead_letter is None
+
+
+# -- what a section asks of its adapter's class ---------------------------------------------
+
+
+@pytest.mark.usefixtures("acme_plugin")
+def test_a_format_the_destination_does_not_declare_is_an_error_naming_the_key_path(
+    etc: Path,
+) -> None:
+    text = MINIMAL + '[destinations.acme]\ntype = "acme_sink"\nformat = "csv"\n'
+    assert problems_of(etc, text) == [
+        "destinations.acme.format: a acme_sink destination does not take 'csv' (it takes ndjson)"
+    ]
+
+
+@pytest.mark.usefixtures("acme_plugin")
+def test_a_compression_the_destination_does_not_declare_is_an_error_naming_the_key_path(
+    etc: Path,
+) -> None:
+    text = MINIMAL + '[destinations.acme]\ntype = "acme_sink"\ncompression = "zstd"\n'
+    assert problems_of(etc, text) == [
+        "destinations.acme.compression: a acme_sink destination does not take 'zstd' "
+        "(it takes gzip, none)"
+    ]
+
+
+@pytest.mark.usefixtures("acme_plugin")
+def test_a_format_and_compression_the_destination_declares_are_taken(etc: Path) -> None:
+    text = MINIMAL + '[destinations.acme]\ntype = "acme_sink"\ncompression = "none"\n'
+    assert load_config(write(etc, text)).destinations["acme"].options.compression == "none"
+
+
+@pytest.mark.parametrize(
+    ("uri", "type_"),
+    [
+        ("/data/batch", "local"),
+        ("file:///data/batch", "local"),
+        ("s3://b/k/", "s3"),
+        ("gs://b/k/", "gcs"),
+        ("acme://lake/batch", "acme"),
+    ],
+)
+@pytest.mark.usefixtures("acme_plugin")
+def test_a_batch_uri_goes_to_the_source_that_serves_its_scheme(
+    etc: Path, uri: str, type_: str
+) -> None:
+    assert load_config(write(etc, MINIMAL)).source_for(uri).type == type_
+
+
+def test_a_configured_source_serves_its_scheme_with_its_options(etc: Path) -> None:
+    text = MINIMAL + '[sources.lake]\ntype = "local"\nrequire_success = false\n'
+    section = load_config(write(etc, text)).source_for("file:///data/batch")
+    assert (section.name, section.options.require_success) == ("lake", False)
+
+
+def test_a_uri_no_source_serves_is_an_error_naming_the_schemes_served(etc: Path) -> None:
+    config = load_config(write(etc, MINIMAL))
+    with pytest.raises(ConfigError, match=r"no source type takes hdfs:// \(known: .*s3://"):
+        config.source_for("hdfs://cluster/batch")
 
 
 def test_no_implicit_store_when_every_route_has_its_own(etc: Path, secrets: Secrets) -> None:

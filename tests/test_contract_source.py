@@ -21,7 +21,7 @@ Seed = Callable[[Mapping[str, bytes]], str]
 class TestLocalSource(SourceContract):
     @pytest.fixture
     async def source(self) -> AsyncIterator[LocalSource]:
-        async with LocalSource(LocalSource.Options(type="local")) as source:
+        async with LocalSource("local", LocalSource.Options(type="local")) as source:
             yield source
 
     @pytest.fixture
@@ -53,7 +53,7 @@ class TestS3Source(SourceContract):
     @pytest.fixture
     async def source(self, moto_server: MotoServer) -> AsyncIterator[S3Source]:
         options = S3Source.Options(type="s3", endpoint_url=moto_server.endpoint_url)
-        async with S3Source(options) as source:
+        async with S3Source("s3", options) as source:
             yield source
 
     @pytest.fixture
@@ -72,7 +72,7 @@ class TestGcsSource(SourceContract):
     @pytest.fixture
     async def source(self, gcs_server: GcsServer) -> AsyncIterator[GcsSource]:
         options = GcsSource.Options(type="gcs", endpoint=gcs_server.url)
-        async with GcsSource(options) as source:
+        async with GcsSource("gcs", options) as source:
             yield source
 
     @pytest.fixture

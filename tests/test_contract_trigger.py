@@ -26,7 +26,7 @@ class TestSpoolTrigger(TriggerContract):
     @pytest.fixture
     def trigger(self, tmp_path: Path) -> Callable[[], SpoolTrigger]:
         options = SpoolTrigger.Options(type="spool", path=str(tmp_path / "queue"), poll_s=0.05)
-        return lambda: SpoolTrigger(options)
+        return lambda: SpoolTrigger("trigger", options)
 
 
 class Clock:
@@ -58,7 +58,7 @@ class TestHttpTrigger(TriggerContract):
         )
 
         def make() -> HttpTrigger:
-            trigger = HttpTrigger(options)
+            trigger = HttpTrigger("trigger", options)
             trigger.bind(inbox, None)  # as in the daemon: POSTs land in the ledger's inbox
             return trigger
 
@@ -90,14 +90,14 @@ class TestSqsTrigger(TriggerContract):
                 "on_invalid": "delete",
             }
         )
-        return lambda: SqsTrigger(options)
+        return lambda: SqsTrigger("trigger", options)
 
 
 class TestAmqpTrigger(TriggerContract):
     @pytest.fixture
     def trigger(self, amqp_queue: str) -> Callable[[], AmqpTrigger]:
         options = AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=amqp_queue, prefetch=2)
-        return lambda: AmqpTrigger(options)
+        return lambda: AmqpTrigger("trigger", options)
 
 
 class TestMemoryTrigger(TriggerContract):

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from sender.app import App
 from sender.config import load_config
 from sender.daemon import Daemon, open_daemon, serve
-from sender.errors import TriggerError
+from sender.errors import ConfigError, TriggerError
 from sender.model import BatchState, TriggerMessage
 from sender.testing.receiver import Receiver
 from sender_adapters.memory import MemoryEnvelope, MemoryTrigger
@@ -228,6 +230,65 @@ async def test_when_the_grace_period_ends_the_batch_is_cut_short_and_released(
     assert [e.outcome for e in trigger.settled] == ["released"]
     assert record is not None and record.state is BatchState.INCOMPLETE
     assert record.error == "interrupted"
+
+
+async def test_a_second_stop_request_cuts_the_grace_period_short_and_returns_1(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL, grace="60s")
+    trigger = MemoryTrigger()
+    await trigger.publish(churn_batch(tmp_path, "b-1"))
+    receiver.slow(30)  # a receiver that hangs
+
+    async with App(load_config(config)) as app, asyncio.timeout(20):
+        daemon = Daemon(app, trigger)
+        run = asyncio.create_task(daemon.run(handle_signals=False))
+        await receiver.wait_for(lambda r: len(r.requests) >= 1)
+
+        daemon.request_stop("SIGTERM")
+        daemon.request_stop("SIGTERM")
+        assert await run == 1  # and the process it runs in goes on
+        record = await app.ledger.get_batch("b-1")
+
+    assert [e.outcome for e in trigger.settled] == ["released"]
+    assert record is not None and record.state is BatchState.INCOMPLETE
+
+
+async def test_with_handle_signals_false_the_host_keeps_its_signal_handlers(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
+    trigger = MemoryTrigger()
+    host_got_sigterm = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, host_got_sigterm.set)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        async with App(load_config(config)) as app, asyncio.timeout(20):
+            daemon = Daemon(app, trigger)
+            run = asyncio.create_task(daemon.run(handle_signals=False))
+            await trigger.publish(churn_batch(tmp_path, "b-1"))
+            await trigger.wait_settled(1)  # running, and serving
+
+            assert {sig: signal.getsignal(sig) for sig in before} == before
+            os.kill(os.getpid(), signal.SIGTERM)
+            await host_got_sigterm.wait()
+            assert not daemon.stopping.is_set()  # the signal was the host's, not the daemon's
+
+            daemon.request_stop("host")  # the host decides when the daemon stops
+            assert await run == 0
+            assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_burst_with_a_trigger_that_cannot_count_its_queue_is_refused(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
+    async with App(load_config(config)) as app:
+        with pytest.raises(ConfigError, match=r"^trigger.type: .* sender run --burst needs"):
+            Daemon(app, MemoryTrigger(), burst=True)  # MemoryTrigger has no pending()
 
 
 async def test_burst_mode_returns_once_the_queue_is_empty(

@@ -30,7 +30,7 @@ def bucket(gcs_server: GcsServer, request: pytest.FixtureRequest) -> GcsBucket:
 
 @pytest.fixture
 async def source(gcs_server: GcsServer) -> AsyncIterator[GcsSource]:
-    async with GcsSource(GcsSource.Options(endpoint=gcs_server.url)) as src:
+    async with GcsSource("gcs", GcsSource.Options(endpoint=gcs_server.url)) as src:
         yield src
 
 
@@ -42,7 +42,7 @@ async def test_a_reader_that_stops_early_stops_the_download(
 ) -> None:
     bucket.put("blob.bin", b"x" * (8 * 1024 * 1024))
     options = GcsSource.Options(endpoint=gcs_server.url, read_size="64KiB", workers=1)
-    async with GcsSource(options) as source:
+    async with GcsSource("gcs", options) as source:
         (obj,) = await source.list(bucket.uri("blob.bin"))
         stream = source.open(obj)
         assert len(await anext(stream)) == 64 * 1024

@@ -121,7 +121,7 @@ def test_config_check_fails_with_the_key_path_and_opens_no_ledger(
 def test_binding_the_http_trigger_to_a_ledger_without_an_inbox_is_refused(
     bare_ledger: Path,
 ) -> None:
-    trigger = HttpTrigger(HttpTrigger.Options(type="http"))
+    trigger = HttpTrigger("trigger", HttpTrigger.Options(type="http"))
 
     with pytest.raises(ConfigError, match=r"trigger\.type: the http trigger keeps its inbox"):
         trigger.bind(open_ledger("bare://x"), DaemonConfig.model_validate({}))

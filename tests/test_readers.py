@@ -259,7 +259,7 @@ async def test_jsonl_records_come_through_in_order_across_read_pieces(tmp_path: 
     records = many_records(3000)  # ~250 KB: lines straddle the 4 KiB pieces
     file = tmp_path / "part-00000.json"
     file.write_bytes(jsonl(records))
-    assert await read_all(LocalSource(SMALL_READS), file) == (records, [])
+    assert await read_all(LocalSource("local", SMALL_READS), file) == (records, [])
 
 
 async def test_jsonl_without_a_final_newline_keeps_its_last_record(tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ async def test_gzip_jsonl_is_inflated(tmp_path: Path) -> None:
     records = many_records(3000)
     file = tmp_path / part_name(0, ".json.gz")
     file.write_bytes(gzip.compress(jsonl(records)))
-    assert await read_all(LocalSource(SMALL_READS), file) == (records, [])
+    assert await read_all(LocalSource("local", SMALL_READS), file) == (records, [])
 
 
 async def test_multi_member_gzip_is_read_whole(tmp_path: Path) -> None:
@@ -281,7 +281,7 @@ async def test_multi_member_gzip_is_read_whole(tmp_path: Path) -> None:
     members = [gzip.compress(jsonl(records[i : i + 250])) for i in range(0, 2000, 250)]
     file = tmp_path / "part-00000.json.gz"
     file.write_bytes(b"".join(members))
-    assert await read_all(LocalSource(SMALL_READS), file) == (records, [])
+    assert await read_all(LocalSource("local", SMALL_READS), file) == (records, [])
 
 
 async def test_gzip_is_told_by_its_bytes_not_its_name(tmp_path: Path) -> None:
@@ -326,7 +326,7 @@ async def test_bad_line_numbers_count_across_read_pieces(tmp_path: Path) -> None
     lines[1500] = b"garbage"
     file = tmp_path / "part-00000.json"
     file.write_bytes(b"\n".join(lines) + b"\n")
-    records, bad = await read_all(LocalSource(SMALL_READS), file)
+    records, bad = await read_all(LocalSource("local", SMALL_READS), file)
     assert len(records) == 1999
     assert [b.location for b in bad] == ["part-00000.json:1501"]
 
@@ -381,7 +381,7 @@ async def test_large_csv_comes_through_in_order_across_blocks(tmp_path: Path) ->
     rows = [f'{i},"text {i}\nsecond line",{i / 7}' for i in range(10_000)]
     file = tmp_path / "part-00000.csv"
     file.write_text("id,text,score\n" + "\n".join(rows) + "\n")
-    records, bad = await read_all(LocalSource(SMALL_READS), file)
+    records, bad = await read_all(LocalSource("local", SMALL_READS), file)
     assert bad == []
     assert [r["id"] for r in records] == [str(i) for i in range(10_000)]
     assert records[9999]["text"] == "text 9999\nsecond line"
@@ -487,7 +487,7 @@ async def test_remote_jsonl_and_csv_are_streamed(tmp_path: Path) -> None:
             "part-00001.csv.gz": gzip.compress(CSV_TEXT.encode()),
         },
     )
-    remote = RangeOnlySource(LocalSource(SMALL_READS))
+    remote = RangeOnlySource(LocalSource("local", SMALL_READS))
     assert not hasattr(remote, "local_path")
     read, bad = await read_all(remote, root, require_success=True)
     assert read == records + CSV_RECORDS
@@ -566,7 +566,7 @@ async def test_stream_reader_dropped_on_the_loop_thread_closes_without_deadlock(
 
     file = tmp_path / "part-00000.csv"
     file.write_bytes(b"n\n" * 20_000)
-    source = TracingSource(LocalSource(SMALL_READS))
+    source = TracingSource(LocalSource("local", SMALL_READS))
     [obj] = await source.list(str(file))
     reader = StreamReader(source, obj, asyncio.get_running_loop())
     assert await asyncio.to_thread(reader.read, 10) == b"n\nn\nn\nn\nn\n"
@@ -577,7 +577,7 @@ async def test_stream_reader_dropped_on_the_loop_thread_closes_without_deadlock(
 async def test_stopping_early_closes_the_remote_stream(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.csv"
     file.write_text("n\n" + "".join(f"{i}\n" for i in range(50_000)))
-    remote = RangeOnlySource(LocalSource(SMALL_READS))
+    remote = RangeOnlySource(LocalSource("local", SMALL_READS))
     batch = await list_batch(remote, str(file), require_success=False)
     blocks = read_records(remote, batch.objects, None)
     first = await anext(blocks)

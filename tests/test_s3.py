@@ -39,7 +39,7 @@ async def test_missing_aws_credentials_are_a_clear_source_error(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
 
-    async with S3Source(S3Source.Options(endpoint_url=moto_server.endpoint_url)) as source:
+    async with S3Source("s3", S3Source.Options(endpoint_url=moto_server.endpoint_url)) as source:
         with pytest.raises(SourceError, match="no usable AWS credentials found"):
             await source.list("s3://some-bucket/batch/")
 

@@ -112,7 +112,7 @@ async def publish(queue: str, messages: list[TriggerMessage]) -> None:
     """Put trigger messages on the queue the way ``sender trigger`` does."""
     from sender_adapters.amqp import AmqpTrigger
 
-    trigger = AmqpTrigger(AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=queue))
+    trigger = AmqpTrigger("trigger", AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=queue))
     try:
         for message in messages:
             await trigger.publish(message)

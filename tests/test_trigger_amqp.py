@@ -57,7 +57,9 @@ async def ready(channel: AbstractChannel, queue: str) -> int:
 
 async def publish(queue: str, message: TriggerMessage, url: str = AMQP_URL) -> None:
     """What `sender trigger` does: declares the queue (and its dead-letter queue) if missing."""
-    async with AmqpTrigger(AmqpTrigger.Options(type="amqp", url=url, queue=queue)) as trigger:
+    async with AmqpTrigger(
+        "trigger", AmqpTrigger.Options(type="amqp", url=url, queue=queue)
+    ) as trigger:
         await trigger.publish(message)
 
 
@@ -87,7 +89,7 @@ async def test_a_rejected_message_goes_to_the_dead_letter_queue(
     await publish_raw(channel, amqp_queue, b"{not json")
 
     options = AmqpTrigger.Options(type="amqp", url=AMQP_URL, queue=amqp_queue)
-    async with AmqpTrigger(options) as trigger:
+    async with AmqpTrigger("trigger", options) as trigger:
         first = await take_one(trigger)
         await first.ack()
         poison = await take_one(trigger)

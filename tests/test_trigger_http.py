@@ -143,7 +143,9 @@ async def test_publish_outside_the_daemon_posts_to_its_control_server(
 
     async with running_daemon(config) as daemon, asyncio.timeout(20):
         options = HttpTrigger.Options(type="http", url=url(daemon), token=TOKEN)
-        async with HttpTrigger(options) as trigger:  # not bound: what `sender trigger` uses
+        async with HttpTrigger(
+            "trigger", options
+        ) as trigger:  # not bound: what `sender trigger` uses
             await trigger.publish(churn_batch(tmp_path, "b-cli"))
         (settled,) = await daemon.wait_settled(1)
 

@@ -29,7 +29,7 @@ async def publish(config: Path, message: TriggerMessage) -> None:
 
 def spool(tmp_path: Path) -> SpoolTrigger:
     """A spool on ``tmp_path/queue``, used directly (no daemon)."""
-    return SpoolTrigger(SpoolTrigger.Options(type="spool", path=str(tmp_path / "queue")))
+    return SpoolTrigger("trigger", SpoolTrigger.Options(type="spool", path=str(tmp_path / "queue")))
 
 
 async def test_a_claimed_message_sits_in_processing_until_acked_then_in_done(

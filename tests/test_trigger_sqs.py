@@ -27,7 +27,9 @@ from tests.brokers import (
 def sqs_trigger(queue: SqsQueue, **options: str) -> SqsTrigger:
     """A trigger on ``queue``, used directly (no daemon)."""
     settings = {"queue_url": queue.url, "endpoint_url": queue.endpoint, "region": "us-east-1"}
-    return SqsTrigger(SqsTrigger.Options.model_validate({"type": "sqs", **settings, **options}))
+    return SqsTrigger(
+        "trigger", SqsTrigger.Options.model_validate({"type": "sqs", **settings, **options})
+    )
 
 
 async def test_a_rejected_message_reaches_the_dead_letter_queue_by_the_redrive_policy(

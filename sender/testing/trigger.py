@@ -55,7 +55,7 @@ from ..config import load_config
 from ..daemon import Daemon
 from ..errors import AdapterClosed, SenderError
 from ..model import BatchState, TriggerMessage, idempotency_key, parse_trigger_message
-from ..ports import Envelope, Ledger, PendingCount, Trigger
+from ..ports import Envelope, Ledger, PendingCount, Resource, Trigger
 from .receiver import Receiver
 
 __all__ = ["TriggerContract"]
@@ -112,7 +112,7 @@ class _Settled:
 
 
 @dataclass
-class _Spy:
+class _Spy(Resource):
     """Wraps the trigger under test: what the daemon did with each message, and when."""
 
     trigger: Any
