@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -299,14 +299,10 @@ def display_path(location: str) -> str:
     return str(path)
 
 
-def _purged(location: str) -> bool:
-    if "://" in location and not location.startswith("file://"):
-        return False  # not ours to look at
-    return not Path(location.removeprefix("file://")).exists()
-
-
 def _chunk_notes(
-    chunks: Sequence[ChunkRecord], kept: Mapping[tuple[str, str], str]
+    chunks: Sequence[ChunkRecord],
+    kept: Mapping[tuple[str, str], str],
+    purged: Collection[str] = frozenset(),
 ) -> list[RenderableType]:
     """Under the table: for each chunk with a story, why, and where its dead letter is."""
     notes: list[RenderableType] = []
@@ -323,7 +319,7 @@ def _chunk_notes(
             notes.append(_block("dead letter:"))
             notes.append(_PathBlock(display_path(dead)))
         if replayed:
-            fate = "purged" if _purged(replayed) else "kept"
+            fate = "purged" if replayed in purged else "kept"
             notes.append(_block(f"dead letter ({fate}; delivered by a replay since):"))
             notes.append(_PathBlock(display_path(replayed)))
             notes.append(_block("now at:"))
@@ -403,13 +399,15 @@ def batch_detail(
     primaries: Mapping[str, str] | None = None,
     replays: Sequence[Mapping[str, Any]] | None = None,
     kept: Mapping[tuple[str, str], str] | None = None,
+    purged: Collection[str] = frozenset(),
     preview: Mapping[str, Any] | None = None,
     all_chunks: bool = False,
 ) -> RenderableType:
     """A batch for on-call: state, source, lease, targets, per route its reconciliation and
     chunks (those ``only`` picks, when given; only the noteworthy ones of a big batch unless
     ``all_chunks``), where its dead letters are and why, what a replay would send
-    (``preview``) and the replays so far."""
+    (``preview``) and the replays so far. ``kept`` are the dead letters of chunks a replay
+    delivered since, ``purged`` those of them their store no longer holds."""
     primaries = primaries or {}
     kept = kept or {}
     head = Text.assemble(
@@ -471,7 +469,7 @@ def batch_detail(
                     style="dim",
                 )
             )
-        lines.extend(_chunk_notes(shown, kept))
+        lines.extend(_chunk_notes(shown, kept, purged))
     if preview is not None:
         lines.append(_preview_line(record.batch_id, preview))
     if replays:

@@ -18,6 +18,7 @@ from sender.config import load_config
 from sender.model import TriggerMessage
 from sender.testing.receiver import Receiver
 from tests.batches import write_batch
+from tests.plugins import write_plugin
 
 SENDER = str(Path(sys.executable).with_name("sender"))
 FAST_RETRY = '{ attempts = 2, initial = "5ms", max = "10ms", budget = "5s" }'
@@ -246,6 +247,45 @@ async def test_dead_letters_purge_needs_a_batch(tmp_path: Path) -> None:
     code, _, err = await sender("dead-letters", "--purge", "-c", str(config))
 
     assert code == 2 and "--purge: name the batch with --batch ID" in err
+
+
+async def test_burst_with_a_trigger_that_cannot_count_its_queue_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9/x")
+    text = config.read_text().replace('type = "spool"\npath = "queue"', 'type = "http"')
+    config.write_text(text)
+
+    code, _, err = await sender("run", "--burst", "-c", str(config))
+
+    assert code == 2
+    assert "config error: trigger.type: a http trigger cannot tell when its queue" in err
+    assert "--burst" in err
+
+
+async def test_purge_through_a_dead_letter_store_that_cannot_purge_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a third party's store that keeps dead letters but cannot delete them
+    monkeypatch.setenv("PYTHONPATH", str(write_plugin(tmp_path / "site-packages")))
+    batch = write_batch(tmp_path / "batch", 400)
+    config = write_config(tmp_path, "http://127.0.0.1:9/x")  # nobody listens: dead-lettered
+    text = config.read_text().replace('type = "local"\npath = "dead"', 'type = "acme_sink"')
+    config.write_text(text)
+    code, _, _ = await sender(
+        "send", str(batch), "--dataset", "churn", "--batch-id", "b-1", "-q", "-c", str(config)
+    )
+    assert code == 1
+
+    code, out, err = await sender("dead-letters", "--batch", "b-1", "-c", str(config))
+    assert code == 0 and "acme://dead/" in out  # listed, through the store it is in
+
+    code, _, err = await sender("dead-letters", "--batch", "b-1", "--purge", "-c", str(config))
+    assert code == 2
+    assert (
+        "config error: routes.churn.dead_letter: the acme_sink destination 'dead' cannot purge "
+        "dead letters" in " ".join(err.split())
+    )
 
 
 @pytest.mark.parametrize("args", [["replay"], ["replay", "b", "--all", "--chunks", "1"]])
