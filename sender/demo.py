@@ -3,8 +3,9 @@
 It copies its config (shipped in the package, ``sender/demo_data/demo.toml``) to
 ``./var/demo/sender.toml``, writes a small churn-score batch (Spark layout, one bad line in
 it) beside it, starts a receiver that answers 503 and 429 now and then and is down for one
-chunk, drops a trigger message in the spool queue, runs the daemon until the queue is empty,
-and prints what happened: retries, the fallback, the dead-lettered bad record and the
+chunk (and a partner webhook on it that is down all along: its circuit opens), drops a
+trigger message in the spool queue, runs the daemon until the queue is empty, and prints
+what happened: retries, the fallback, the dead-lettered bad record and the
 reconciliation. The status page's address is printed first; ``--serve`` keeps the daemon
 (and the page) up for a while after the batch, with a slower receiver so that the batch can
 be watched while it runs.
@@ -126,12 +127,14 @@ async def run_demo(
         receiver.fail_where(
             lambda request: request.headers.get("X-Sender-Chunk") == _DOWN_FOR_CHUNK, status=503
         )
+        receiver.fail_where(lambda request: request.path == "/v1/partner", status=503)
         if serve_s:
             receiver.slow(0.8)  # a batch of some seconds, to watch on the page
 
         console.rule("[bold]integration-sender demo")
         console.print(f"batch     {_shown(batch)}  ({records:,} records + 1 corrupt line, 4 parts)")
         console.print(f"receiver  {receiver.url}  (15% 503/429, down for chunk {_DOWN_FOR_CHUNK})")
+        console.print("partner   /v1/partner on the receiver: down (503) all along")
         console.print(f"config    {_shown(path)}")
         console.print(f"page      http://{config.daemon.listen}/")
         console.print(f"top       sender top -c {_shown(path)}")
