@@ -216,14 +216,18 @@ class LiveStatus(Hooks):
 
     def throughput(self) -> dict[str, Any]:
         """Records delivered per second in each of the last ``history`` steps, oldest first
-        (steps without a delivery are zeros), and the step the last value belongs to."""
+        (steps without a delivery are zeros), and the step the last value belongs to. A
+        process younger than that shows the steps since it started (a minute at least), so
+        that its first batch does not hide in a corner of the chart."""
         now = self._wall()
         last = now - now % self.step_s
-        first = last - (self.history - 1) * self.step_s
-        values = [0.0] * self.history
+        since_start = math.ceil((now - self.started_at) / self.step_s) + 1
+        steps = min(self.history, max(since_start, math.ceil(60 / self.step_s)))
+        first = last - (steps - 1) * self.step_s
+        values = [0.0] * steps
         for start, records in self._steps:
             index = round((start - first) / self.step_s)
-            if 0 <= index < self.history:
+            if 0 <= index < steps:
                 values[index] = round(records / self.step_s, 1)
         return {"step_s": self.step_s, "until": last, "records_per_s": values}
 

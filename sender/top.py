@@ -105,11 +105,13 @@ def sparkline(values: list[float], width: int) -> str:
     """``values`` squeezed into ``width`` characters (each the mean of its share)."""
     if not values or width <= 0:
         return ""
-    groups = [
-        values[i * len(values) // width : (i + 1) * len(values) // width] or [0.0]
-        for i in range(min(width, len(values)))
-    ]
-    means = [sum(g) / len(g) for g in groups]
+    if len(values) <= width:
+        means = list(values)
+    else:
+        groups = [
+            values[i * len(values) // width : (i + 1) * len(values) // width] for i in range(width)
+        ]
+        means = [sum(g) / len(g) for g in groups]
     peak = max(means) or 1.0
     return "".join(_SPARK[min(7, int(m / peak * 7.999))] if m else " " for m in means)
 
@@ -179,12 +181,14 @@ def render_frame(doc: dict[str, Any], *, address: str, width: int = 80) -> Rende
     )
     head.truncate(width, overflow="ellipsis")
     circuits = ", ".join(summary["open_circuits"])
+    running = summary["running"]
     line = Text(
-        f"in flight {summary['running']} · {_n(summary['records_per_s'])} rec/s · "
-        f"delivered {_n(doc['daemon']['delivered_since_start'])} since start · "
+        f"{running} batch{'' if running == 1 else 'es'} in flight · "
+        f"{_n(summary['records_per_s'])} rec/s · "
+        f"{_n(doc['daemon']['delivered_since_start'])} delivered · "
     )
     line.append(
-        f"not closed: {circuits}" if circuits else "circuits closed",
+        f"not closed: {circuits}" if circuits else "all circuits closed",
         style="bold red" if circuits else "green",
     )
     line.truncate(width, overflow="ellipsis")

@@ -141,3 +141,4 @@ def test_the_sparkline_squeezes_history_into_the_width() -> None:
     assert sparkline([0, 0, 4, 8], 4) == "  ▄█"
     assert len(sparkline([1.0] * 150, 60)) == 60
     assert sparkline([], 10) == ""
+    assert sparkline([1.0, 2.0], 60) == "▄█"  # fewer values than columns: one each
