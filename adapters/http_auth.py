@@ -81,8 +81,10 @@ class OAuth2Auth(Options):
     """``auth = { type = "oauth2", token_url, client_id, client_secret, scope, audience }``.
 
     ``client_auth`` says how the client authenticates to the token endpoint: ``"basic"``
-    (HTTP Basic, what RFC 6749 requires every server to accept) or ``"body"``
-    (``client_id``/``client_secret`` form fields, for servers that want them there).
+    (HTTP Basic, what RFC 6749 requires every server to accept), ``"body"``
+    (``client_id``/``client_secret`` form fields, for servers that want them there) or
+    ``"auto"`` (the default): Basic first and, if the endpoint refuses it with 400 or 401, the
+    form fields; whichever worked is kept (golang.org/x/oauth2 does the same).
     """
 
     type: Literal["oauth2"]
@@ -91,7 +93,7 @@ class OAuth2Auth(Options):
     client_secret: SecretStr
     scope: str | None = None
     audience: str | None = None
-    client_auth: Literal["basic", "body"] = "basic"
+    client_auth: Literal["auto", "basic", "body"] = "auto"
 
     @field_validator("token_url")
     @classmethod
@@ -151,6 +153,8 @@ class OAuth2Token(Authenticator):
         self._token: str | None = None
         self._refresh_at = 0.0  # monotonic time from which the token is stale
         self._where = mask_url(config.token_url)
+        # how the client authenticates: "auto" starts with Basic and keeps what works
+        self._style = "body" if config.client_auth == "body" else "basic"
 
     def _fresh(self) -> str | None:
         if self._token is not None and self._clock() < self._refresh_at:
@@ -172,7 +176,7 @@ class OAuth2Token(Authenticator):
                 await self._fetch(session)
         return True
 
-    def _request(self) -> tuple[dict[str, str], dict[str, str]]:
+    def _request(self, style: str) -> tuple[dict[str, str], dict[str, str]]:
         form = {"grant_type": "client_credentials"}
         if self.config.scope:
             form["scope"] = self.config.scope
@@ -180,7 +184,7 @@ class OAuth2Token(Authenticator):
             form["audience"] = self.config.audience
         headers = {"Accept": "application/json"}
         secret = self.config.client_secret.get_secret_value()
-        if self.config.client_auth == "basic":
+        if style == "basic":
             # RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding
             pair = f"{quote_plus(self.config.client_id)}:{quote_plus(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
@@ -188,19 +192,30 @@ class OAuth2Token(Authenticator):
             form.update(client_id=self.config.client_id, client_secret=secret)
         return form, headers
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> str:
-        form, headers = self._request()
+    async def _post(
+        self, session: aiohttp.ClientSession, style: str, what: str
+    ) -> tuple[int, bytes, float | None]:
+        form, headers = self._request(style)
         self.requests += 1
-        what = f"token endpoint {self._where}"
         try:
             async with session.post(
                 self.config.token_url, data=form, headers=headers, allow_redirects=False
             ) as response:
                 body = await read_bounded(response)
-                status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                return response.status, body, retry_after
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise client_error(exc, self._timeout_s, what=what) from exc
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> str:
+        what = f"token endpoint {self._where}"
+        style = self._style
+        status, body, retry_after = await self._post(session, style, what)
+        if status in (400, 401) and self.config.client_auth == "auto" and style == "basic":
+            # a server that reads the credentials only from the form says invalid_client
+            status, body, retry_after = await self._post(session, "body", what)
+            if status == 200:
+                self._style = "body"
         if status != 200:
             text = excerpt(body)
             raise RetryableError(

@@ -60,6 +60,7 @@ class TokenServer:
     client_id: str = "sender"
     client_secret: str = "s3cret-client"
     lifetime_s: float = 2.0
+    client_auth: tuple[str, ...] = ("basic", "body")  # where it reads client credentials
     requests: int = 0  # every request to the endpoint, failed ones too
     forms: list[dict[str, str]] = field(default_factory=list)
     _issued: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
@@ -77,10 +78,10 @@ class TokenServer:
 
     def _client(self, request: web.Request, form: dict[str, str]) -> tuple[str, str] | None:
         header = request.headers.get("Authorization", "")
-        if header.startswith("Basic "):
+        if header.startswith("Basic ") and "basic" in self.client_auth:
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             return unquote_plus(user), unquote_plus(password)
-        if "client_id" in form:
+        if "client_id" in form and "body" in self.client_auth:
             return form["client_id"], form.get("client_secret", "")
         return None
 

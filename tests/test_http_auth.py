@@ -193,6 +193,21 @@ async def test_the_token_request_carries_the_grant_scope_and_audience(
     assert len(receiver.records) == len(RECORDS)
 
 
+async def test_credentials_go_in_the_form_when_the_endpoint_refuses_basic(
+    api: tuple[ApiBehindOAuth2, str], destination: HttpDestination
+) -> None:
+    receiver, _ = api
+    receiver.tokens.client_auth = ("body",)  # reads client_id/client_secret from the form only
+
+    await destination.deliver(make_chunk(chunk_id="0"))
+    receiver.tokens._issued.clear()
+    await destination.deliver(make_chunk(chunk_id="1"))
+
+    # Basic, refused; the form, taken; and for the refresh the form at once
+    assert ["client_secret" in form for form in receiver.tokens.forms] == [False, True, True]
+    assert len(receiver.records) == 2 * len(RECORDS)
+
+
 async def test_the_token_is_refreshed_before_it_expires(api: tuple[ApiBehindOAuth2, str]) -> None:
     receiver, url = api
     receiver.tokens.lifetime_s = 100
