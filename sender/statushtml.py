@@ -65,15 +65,20 @@ def _shell(title: str, body: str, *, data: dict[str, str] | None = None) -> str:
     )
 
 
-def _header(doc: dict[str, Any] | None, crumb: str = "") -> str:
-    version = f"v{_e(doc['version'])}" if doc else ""
-    updated = _clock(doc["generated_at"]) if doc else ""
-    return (
-        '<header><a class="brand" href="/">integration-sender</a>'
-        f"{crumb}<span class='meta'>{version} · "
-        f'updated <span id="updated">{updated}</span>'
-        '<span id="live" class="live" hidden> · live</span></span></header>'
+def _header(doc: dict[str, Any] | None, crumb: str = "", *, sign_out: bool = False) -> str:
+    meta = ""
+    if doc is not None:
+        meta = (
+            f"<span class='meta'>v{_e(doc['version'])} · "
+            f'updated <span id="updated">{_clock(doc["generated_at"])}</span>'
+            '<span id="live" class="live" hidden> · live</span></span>'
+        )
+    out = (
+        '<form class="signout" method="post" action="/logout"><button>sign out</button></form>'
+        if sign_out
+        else ""
     )
+    return f'<header><a class="brand" href="/">integration-sender</a>{crumb}{meta}{out}</header>'
 
 
 def _state(state: str) -> str:
@@ -230,9 +235,10 @@ def dead_letters(doc: dict[str, Any]) -> str:
     return f"<ul>{items}</ul>"
 
 
-def overview_page(doc: dict[str, Any]) -> str:
+def overview_page(doc: dict[str, Any], *, sign_out: bool = False) -> str:
+    """``GET /``; ``sign_out`` adds the button (the request came with a session)."""
     body = (
-        f"{_header(doc)}<main>"
+        f"{_header(doc, sign_out=sign_out)}<main>"
         f'<section class="cards" id="summary">{_summary(doc)}</section>'
         f'<section><h2>throughput</h2><div id="throughput">{throughput_svg(doc["throughput"])}'
         "</div></section>"
@@ -308,7 +314,8 @@ def batch_section(batch: dict[str, Any]) -> str:
     )
 
 
-def batch_page(doc: dict[str, Any], batch_id: str) -> str:
+def batch_page(doc: dict[str, Any], batch_id: str, *, sign_out: bool = False) -> str:
+    """``GET /batches/{id}`` (``doc`` has the batch under ``"batch"``, None if unknown)."""
     batch = doc.get("batch")
     crumb = f' <span class="crumb">/ {_e(batch_id)}</span>'
     inner = (
@@ -316,7 +323,10 @@ def batch_page(doc: dict[str, Any], batch_id: str) -> str:
         if batch
         else f'<h1>{_e(batch_id)}</h1><p class="empty">no such batch in the ledger</p>'
     )
-    body = f'{_header(doc, crumb)}<main><section id="batch">{inner}</section></main>'
+    body = (
+        f"{_header(doc, crumb, sign_out=sign_out)}"
+        f'<main><section id="batch">{inner}</section></main>'
+    )
     url = f"/v1/status?batch={quote(batch_id, safe='')}"
     return _shell(f"sender · {batch_id}", body, data={"status-url": url, "batch": batch_id})
 

@@ -108,14 +108,16 @@ class StatusPage:
     async def _overview(self, request: web.Request) -> web.Response:
         if not self.allowed(request):
             return _html(login_page("/"), 401)
-        return _html(overview_page(await self.source.snapshot()))
+        page = overview_page(await self.source.snapshot(), sign_out=self.has_session(request))
+        return _html(page)
 
     async def _batch(self, request: web.Request) -> web.Response:
         batch_id = request.match_info["batch_id"]
         if not self.allowed(request):
             return _html(login_page(request.path), 401)
         doc = await self.source.snapshot(batch_id)
-        return _html(batch_page(doc, batch_id), 200 if doc.get("batch") else 404)
+        page = batch_page(doc, batch_id, sign_out=self.has_session(request))
+        return _html(page, 200 if doc.get("batch") else 404)
 
     async def _status(self, request: web.Request) -> web.Response:
         doc = await self.source.snapshot(request.query.get("batch") or None)

@@ -496,6 +496,10 @@ async def test_the_page_in_chromium_asks_for_the_token_and_refuses_a_wrong_one(
         await _until(browser, lambda d: d.find_elements("css selector", "#batches tr"))
         await _until(browser, lambda d: d.find_element("id", "live").text.strip() == "· live")
         html = await asyncio.to_thread(lambda: browser.page_source)
+        await asyncio.to_thread(browser.find_element("css selector", "form.signout button").click)
+        await _until(browser, lambda d: d.find_elements("css selector", "input[name=token]"))
+        after = await asyncio.to_thread(lambda: browser.page_source)
 
     assert 'data-batch-id="churn-locked"' in html
+    assert "churn-locked" not in after  # signed out: the form again, no data
     assert TOKEN not in html and HEADER_SECRET not in html
