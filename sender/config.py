@@ -38,7 +38,15 @@ from .options import (
     TriggerOptions,
     mask_url,
 )
-from .ports import AdapterFactory, Destination, LedgerBound, ServesSchemes, Source, Trigger
+from .ports import (
+    AdapterFactory,
+    Destination,
+    DiffStore,
+    LedgerBound,
+    ServesSchemes,
+    Source,
+    Trigger,
+)
 from .registry import adapter_class, by_scheme, ledger_class, url_scheme
 
 __all__ = [
@@ -282,19 +290,29 @@ def _default_dead_letter(base_dir: Path, problems: list[str]) -> DestinationSect
     return Section("_dead_letter", type_, cls, options)
 
 
-def _ledger_problems(url: str, trigger: TriggerSection | None) -> list[str]:
+def _ledger_problems(
+    url: str, trigger: TriggerSection | None, routes: Mapping[str, RouteConfig]
+) -> list[str]:
     """``daemon.ledger`` has a registered ledger for its scheme, with every ability the
-    trigger needs of it (found on the class: nothing is opened)."""
+    trigger and the routes need of it (found on the class: nothing is opened)."""
     try:
         name, ledger = ledger_class(url)
     except ConfigError as exc:
         return [f"daemon.ledger: {exc}"]
+    problems = []
     cls: object = trigger.cls if trigger is not None else None
     if isinstance(cls, type) and issubclass(cls, LedgerBound):
         problem = cls.ledger_problem(ledger, name)
         if problem is not None:
-            return [f"trigger.type: {problem}"]
-    return []
+            problems.append(f"trigger.type: {problem}")
+    if not (isinstance(ledger, type) and issubclass(ledger, DiffStore)):
+        problems += [
+            f"routes.{route}.diff: diff sync keeps its baseline in the ledger, and ledger"
+            f" {name!r} cannot hold one"
+            for route, config in routes.items()
+            if config.diff is not None
+        ]
+    return problems
 
 
 _TOP_LEVEL = {"daemon", "trigger", "sources", "destinations", "routes"}
@@ -318,8 +336,6 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
     trigger: TriggerSection | None = _section(
         "trigger", "trigger", raw.get("trigger") or {"type": "spool"}, "trigger", ctx, problems
     )
-    if daemon is not None:
-        problems.extend(_ledger_problems(daemon.ledger, trigger))
 
     def tables(key: str) -> Mapping[str, Any]:
         value = raw.get(key) or {}
@@ -348,6 +364,8 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
         route = _validate(RouteConfig, section, f"routes.{name}", ctx, problems)
         if route is not None:
             routes[name] = route
+    if daemon is not None:
+        problems.extend(_ledger_problems(daemon.ledger, trigger, routes))
 
     default_dead = "_dead_letter"
     # checked on the raw tables, so that a route with another error still has its references

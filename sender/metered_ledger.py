@@ -1,8 +1,9 @@
 """A ledger wrapper that counts the ledger's failures, by operation, through a callback.
 
 ``metered(ledger, on_error=metrics.ledger_error)`` returns a wrapper that implements exactly
-the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog`` and
-``Inbox`` when the inner one has them), so ``isinstance`` checks at wiring see the truth.
+the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog``, ``Inbox``
+and ``DiffStore`` when the inner one has them), so ``isinstance`` checks at wiring see the
+truth: the wrapper's class is composed of one mixin per ability the inner ledger has.
 Every ``LedgerError`` a call raises calls ``on_error(operation)`` (the method's name) and is
 raised again; results and other errors pass through untouched. The wrapper opens and closes
 its inner ledger.
@@ -10,6 +11,7 @@ its inner ledger.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Self, TypeVar
@@ -18,10 +20,12 @@ from .errors import LedgerError
 from .ledger_ports import (
     BatchRecord,
     ChunkRecord,
+    DiffStore,
     Inbox,
     InboxMessage,
     InboxOutcome,
     Ledger,
+    PlanRow,
     ReplayLog,
     RouteStats,
 )
@@ -38,6 +42,7 @@ class _Counting:
     _on_error: OnError
     _replay_log: ReplayLog
     _inbox: Inbox
+    _diff: DiffStore
 
     async def _count(self, operation: str, call: Awaitable[_T]) -> _T:
         try:
@@ -58,6 +63,8 @@ class MeteredLedger(_Counting):
             self._replay_log = ledger
         if isinstance(ledger, Inbox):
             self._inbox = ledger
+        if isinstance(ledger, DiffStore):
+            self._diff = ledger
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._ledger!r})"
@@ -153,29 +160,68 @@ class _InboxCalls(_Counting):
         return await self._count("get_message", self._inbox.get_message(message_id))
 
 
-class _MeteredWithReplayLog(MeteredLedger, _ReplayLogCalls):
-    pass
+class _DiffStoreCalls(_Counting):
+    async def baseline_page(
+        self, dataset: str, route: str, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        call = self._diff.baseline_page(dataset, route, after, limit)
+        return await self._count("baseline_page", call)
+
+    async def start_plan(self, batch_id: str, route: str) -> None:
+        await self._count("start_plan", self._diff.start_plan(batch_id, route))
+
+    async def save_plan(self, batch_id: str, route: str, rows: Sequence[PlanRow]) -> None:
+        await self._count("save_plan", self._diff.save_plan(batch_id, route, rows))
+
+    async def finish_plan(self, batch_id: str, route: str) -> None:
+        await self._count("finish_plan", self._diff.finish_plan(batch_id, route))
+
+    async def has_plan(self, batch_id: str, route: str) -> bool:
+        return await self._count("has_plan", self._diff.has_plan(batch_id, route))
+
+    async def plan_page(
+        self, batch_id: str, route: str, after_ordinal: int, limit: int
+    ) -> list[PlanRow]:
+        call = self._diff.plan_page(batch_id, route, after_ordinal, limit)
+        return await self._count("plan_page", call)
+
+    async def tombstone_page(
+        self, batch_id: str, route: str, after_seq: int, limit: int
+    ) -> list[PlanRow]:
+        call = self._diff.tombstone_page(batch_id, route, after_seq, limit)
+        return await self._count("tombstone_page", call)
+
+    async def commit_baseline(
+        self,
+        dataset: str,
+        route: str,
+        batch_id: str,
+        delivered: Sequence[tuple[int, int]],
+        *,
+        replace: bool = False,
+    ) -> int:
+        call = self._diff.commit_baseline(dataset, route, batch_id, delivered, replace=replace)
+        return await self._count("commit_baseline", call)
 
 
-class _MeteredWithInbox(MeteredLedger, _InboxCalls):
-    pass
+# each optional ability of a ledger, and the mixin that passes its calls through
+_ABILITIES: tuple[tuple[type, type[_Counting]], ...] = (
+    (ReplayLog, _ReplayLogCalls),
+    (Inbox, _InboxCalls),
+    (DiffStore, _DiffStoreCalls),
+)
 
 
-class _MeteredWithBoth(MeteredLedger, _ReplayLogCalls, _InboxCalls):
-    pass
-
-
-# (has a replay log, has an inbox) -> the wrapper that has exactly those too
-_WRAPPERS: dict[tuple[bool, bool], type[MeteredLedger]] = {
-    (False, False): MeteredLedger,
-    (True, False): _MeteredWithReplayLog,
-    (False, True): _MeteredWithInbox,
-    (True, True): _MeteredWithBoth,
-}
+@functools.cache
+def _wrapper(abilities: tuple[bool, ...]) -> type[MeteredLedger]:
+    """The wrapper class with exactly these abilities (one class per combination)."""
+    mixins = tuple(calls for (_, calls), has in zip(_ABILITIES, abilities, strict=True) if has)
+    return type("MeteredLedger", (MeteredLedger, *mixins), {}) if mixins else MeteredLedger
 
 
 def metered(ledger: Ledger, *, on_error: OnError) -> MeteredLedger:
     """``ledger`` wrapped so that each ``LedgerError`` calls ``on_error(operation)``; the
-    wrapper is a ``ReplayLog`` / ``Inbox`` exactly when ``ledger`` is."""
-    wrapper = _WRAPPERS[isinstance(ledger, ReplayLog), isinstance(ledger, Inbox)]
-    return wrapper(ledger, on_error=on_error)
+    wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``) exactly when
+    ``ledger`` does."""
+    abilities = tuple(isinstance(ledger, port) for port, _ in _ABILITIES)
+    return _wrapper(abilities)(ledger, on_error=on_error)

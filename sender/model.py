@@ -44,6 +44,7 @@ class TriggerMessage(BaseModel):
     format: Format | None = None
     expected_records: int | None = Field(default=None, ge=0)
     routes: tuple[str, ...] | None = None
+    full: bool = False  # diff-synced routes ignore their baseline this once (a full refresh)
 
     @field_validator("batch_id")
     @classmethod

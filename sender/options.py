@@ -36,6 +36,7 @@ __all__ = [
     "CircuitConfig",
     "DaemonConfig",
     "DestinationOptions",
+    "DiffConfig",
     "Duration",
     "LocalPath",
     "Options",
@@ -240,6 +241,29 @@ class DaemonConfig(Options):
         return int(self.listen.rpartition(":")[2])
 
 
+class DiffConfig(Options):
+    """A route's diff sync (``sender.diff``): send only records whose content changed since
+    what the route last delivered, keyed by ``key`` (one output field or several)."""
+
+    key: tuple[str, ...] = Field(min_length=1)
+    ignore: frozenset[str] = frozenset()
+    deletes: bool = False
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _key_is_not_ignored(self) -> DiffConfig:
+        both = sorted(set(self.key) & self.ignore)
+        if both:
+            raise ValueError(f"ignore: {both} is part of the key")
+        if len(set(self.key)) != len(self.key):
+            raise ValueError("key: names a field twice")
+        return self
+
+
 class RouteConfig(Options):
     datasets: list[str] = Field(min_length=1)
     # output name = input name (dotted paths reach into nested objects)
@@ -251,6 +275,7 @@ class RouteConfig(Options):
     dead_letter: str | None = None
     on_bad_record: Literal["skip", "dead_letter", "fail"] = "dead_letter"
     split_on_reject: bool = True  # isolate records a receiver rejects by halving the chunk
+    diff: DiffConfig | None = None  # send only what changed since the last delivery
 
     @field_validator("fields")
     @classmethod
@@ -258,3 +283,13 @@ class RouteConfig(Options):
         if value is not None and not value:
             raise ValueError("must name at least one field (or be left out to pass through)")
         return value
+
+    @model_validator(mode="after")
+    def _diff_names_output_fields(self) -> RouteConfig:
+        # the key and ignored fields are fields of the *output* record: with a projection,
+        # they must be among its outputs (without one, records pass through as they are)
+        if self.diff is not None and self.fields:
+            unknown = sorted((set(self.diff.key) | self.diff.ignore) - set(self.fields))
+            if unknown:
+                raise ValueError(f"diff: {unknown} not among the output fields of 'fields'")
+        return self

@@ -58,6 +58,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
             uri=args.uri,
             format=args.format,
             routes=tuple(args.route) if args.route else None,
+            full=args.full,
         )
         if progress is not None:
             with progress:
@@ -104,6 +105,7 @@ async def cmd_trigger(args: argparse.Namespace) -> int:
             format=args.format,
             expected_records=args.expected_records,
             routes=tuple(args.route) if args.route else None,
+            full=args.full,
         )
     except ValueError as exc:
         raise MessageError(str(exc)) from None
@@ -131,6 +133,11 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     send.add_argument("--batch-id", help="default: derived from the dataset and the files")
     send.add_argument("--route", action="append", help="only this route (repeatable)")
     send.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: by name")
+    send.add_argument(
+        "--full",
+        action="store_true",
+        help="diff-synced routes send every record, ignoring what was delivered before",
+    )
     send.add_argument("--json", action="store_true", help="print the outcome as JSON")
     send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=cmd_send)
