@@ -23,13 +23,17 @@ declare the fixtures with ``pytest_asyncio.fixture``).
 
 from __future__ import annotations
 
-from .destination import DestinationContract, make_encoded_chunk
-from .diff import DiffStoreContract
-from .inbox import InboxContract
-from .ledger import Clock, LedgerContract, make_chunk, make_message
-from .replay_log import ReplayLogContract
-from .source import SourceContract
-from .trigger import TriggerContract
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .destination import DestinationContract, make_encoded_chunk
+    from .diff import DiffStoreContract
+    from .inbox import InboxContract
+    from .ledger import Clock, LedgerContract, make_chunk, make_message
+    from .replay_log import ReplayLogContract
+    from .source import SourceContract
+    from .trigger import TriggerContract
 
 __all__ = [
     "Clock",
@@ -44,3 +48,30 @@ __all__ = [
     "make_encoded_chunk",
     "make_message",
 ]
+
+# where each name lives; imported on first use, so that ``sender.testing.receiver`` (which
+# ``sender demo`` runs) needs neither pytest nor the suites
+_HOMES = {
+    "Clock": "ledger",
+    "DestinationContract": "destination",
+    "DiffStoreContract": "diff",
+    "InboxContract": "inbox",
+    "LedgerContract": "ledger",
+    "ReplayLogContract": "replay_log",
+    "SourceContract": "source",
+    "TriggerContract": "trigger",
+    "make_chunk": "ledger",
+    "make_encoded_chunk": "destination",
+    "make_message": "ledger",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
