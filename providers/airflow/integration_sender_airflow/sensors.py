@@ -16,10 +16,12 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 
+from .errors import IntegrationSenderError
 from .hooks import IntegrationSenderHook
 from .operators import seconds
 from .outcome import is_settled, resolve, settled_event
 from .triggers import BatchCompleteTrigger
+from .watch import transient
 
 __all__ = ["BatchSensor"]
 
@@ -77,7 +79,13 @@ class BatchSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
-        batch = IntegrationSenderHook(self.sender_conn_id).get_batch(self.batch_id)
+        try:
+            batch = IntegrationSenderHook(self.sender_conn_id).get_batch(self.batch_id)
+        except IntegrationSenderError as exc:
+            if not transient(exc):
+                raise
+            self.log.warning("batch %s: %s; poking again", self.batch_id, exc)
+            return PokeReturnValue(is_done=False)
         if batch is None or not is_settled(batch):
             self.log.info(
                 "batch %s is %s", self.batch_id, batch.get("state") if batch else "not received"

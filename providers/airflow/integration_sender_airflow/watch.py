@@ -22,9 +22,15 @@ from typing import Any
 from .errors import ControlServerError, IntegrationSenderError
 from .outcome import error_event, is_settled, not_found_event, settled_event, timeout_event
 
-__all__ = ["BatchWatch"]
+__all__ = ["BatchWatch", "transient"]
 
 log = logging.getLogger(__name__)
+
+
+def transient(exc: IntegrationSenderError) -> bool:
+    """An unreachable control server or a 5xx: worth polling again. Anything else (a refused
+    token, a broken connection setting, an answer that is not the contract) is not."""
+    return type(exc) is ControlServerError and (exc.status is None or exc.status >= 500)
 
 
 class BatchWatch:
@@ -62,7 +68,7 @@ class BatchWatch:
 
     def failed(self, exc: IntegrationSenderError) -> dict[str, Any] | None:
         """The request failed: a transient server problem waits, anything else ends it."""
-        if type(exc) is ControlServerError and (exc.status is None or exc.status >= 500):
+        if transient(exc):
             log.warning("batch %s: %s; polling again", self.batch_id, exc)
             return self.expired()
         return error_event(self.batch_id, exc)
