@@ -10,6 +10,7 @@ after two quick attempts.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -24,15 +25,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TOKEN = "s3cret-token"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]  # providers/airflow/tests -> the repository
+EXAMPLE = HERE.parent / "example_dags" / "churn_scores.py"
 
 
-def _sender_bin() -> Path:
+def sender_bin() -> Path:
     return Path(os.environ.get("SENDER_BIN") or REPO / ".venv" / "bin" / "sender")
 
 
@@ -41,12 +44,17 @@ def pytest_configure(config: pytest.Config) -> None:
     example DAGs, SQLite) before any test module imports it, and migrate the database."""
     home = Path(tempfile.mkdtemp(prefix="airflow-home-"))
     config.stash[_HOME] = home
+    # dag.test() stores the DAG it runs by parsing the DAGs folder: the example DAG and the
+    # tests' own DAGs are linked into one
+    dags = home / "dags"
+    dags.mkdir()
+    for source in [EXAMPLE, *sorted((HERE / "dags").glob("*.py"))]:
+        (dags / source.name).symlink_to(source)
     os.environ.update(
         {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # dag.test() parses the DAGs folder to store the DAG it runs
-            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE.parent / "example_dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         }
     )
@@ -58,6 +66,16 @@ def pytest_configure(config: pytest.Config) -> None:
         stderr=subprocess.PIPE,
         timeout=300,
     )
+
+
+def load_dag(name: str) -> Any:
+    """The DAG of ``<DAGs folder>/<name>.py``, imported from there as Airflow does."""
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dag_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -98,6 +116,7 @@ class Daemon:
     folder: Path
     port: int
     process: subprocess.Popen[bytes]
+    config: Path
 
     @property
     def url(self) -> str:
@@ -185,7 +204,7 @@ def _wait_healthy(daemon: Daemon, timeout_s: float = 30.0) -> None:
 @contextlib.contextmanager
 def running_daemon(folder: Path, *, receiver_up: bool = True) -> Iterator[Daemon]:
     folder.mkdir(parents=True, exist_ok=True)
-    sender = _sender_bin()
+    sender = sender_bin()
     if not sender.exists():
         pytest.fail(f"{sender} is missing: run `make .venv/.installed` in {REPO} first")
     port = free_port()
@@ -201,7 +220,7 @@ def running_daemon(folder: Path, *, receiver_up: bool = True) -> Iterator[Daemon
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    running = Daemon(folder=folder, port=port, process=process)
+    running = Daemon(folder=folder, port=port, process=process, config=config)
     try:
         _wait_healthy(running)
         yield running

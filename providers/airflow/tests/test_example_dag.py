@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from conftest import HERE, Daemon, write_batch
+import pytest
+from conftest import Daemon, load_dag, write_batch
 
 from integration_sender_airflow.operators import SendBatchOperator
 
-EXAMPLE = HERE.parent / "example_dags" / "churn_scores.py"
 DAY = datetime(2026, 11, 24, tzinfo=timezone.utc)
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("churn_scores_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_domain_batches(lake: Path, records: dict[str, int]) -> None:
@@ -30,7 +20,7 @@ def write_domain_batches(lake: Path, records: dict[str, int]) -> None:
 
 
 def run_example(lake: Path, day: datetime = DAY) -> tuple[Any, Any]:
-    dag = load_example().dag
+    dag = load_dag("churn_scores")
     for task in dag.tasks:  # poll a daemon on loopback faster than a production one
         if isinstance(task, SendBatchOperator):
             task.poll_interval = 0.2
@@ -43,7 +33,7 @@ def states(run: Any) -> dict[str, str]:
 
 
 def test_the_dag_has_the_pipeline_shape_with_a_send_per_domain() -> None:
-    dag = load_example().dag
+    dag = load_dag("churn_scores")
 
     def downstream(task_id: str) -> set[str]:
         return set(dag.get_task(task_id).downstream_task_ids)
@@ -85,7 +75,7 @@ def test_each_domain_is_delivered_and_its_reconciliation_reaches_xcom(
 
 
 def test_dead_letters_fail_start_sender_and_nothing_downstream_runs(
-    daemon_receiver_down: Daemon, tmp_path: Path
+    daemon_receiver_down: Daemon, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     lake = tmp_path / "lake"
     write_domain_batches(lake, {"retail": 250, "business": 120})
@@ -97,3 +87,7 @@ def test_dead_letters_fail_start_sender_and_nothing_downstream_runs(
     assert got["retail.start_sender"] == "failed"
     assert got["retail.persist"] == "upstream_failed"
     assert got["business.stop_sender"] == "upstream_failed"
+    # the task log says what went wrong, with the counts
+    log = capfd.readouterr().out
+    assert "DeadLettersFound" in log
+    assert "batch churn-retail-20261124 is complete but 250 records were dead-lettered" in log
