@@ -45,6 +45,16 @@ def test_in_the_worker_it_returns_the_reconciliation(daemon: Daemon, tmp_path: P
     assert daemon.delivered_records("b-ok") == 250
 
 
+def test_a_retry_of_the_task_sends_nothing_twice(daemon: Daemon, tmp_path: Path) -> None:
+    batch = write_batch(tmp_path / "b-retry", 120)
+    first = send("b-retry", batch).execute({})
+
+    again = send("b-retry", batch).execute({})  # an Airflow retry posts the same batch id
+
+    assert again["records"] == first["records"]
+    assert daemon.delivered_records("b-retry") == 120
+
+
 def test_dead_letters_are_reported_and_pass_without_fail_on_dead_letters(
     daemon_receiver_down: Daemon, tmp_path: Path
 ) -> None:
