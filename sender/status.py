@@ -267,12 +267,14 @@ def _block(text: str, indent: int = 4, style: str = "") -> Padding:
 class _PathBlock:
     """A path, indented, broken only after a ``/`` when it does not fit on one line (a single
     name longer than a line is folded): no file name is cut in the middle, and the lines put
-    back together are the path."""
+    back together are the path. With a ``label`` the path starts on the label's line and
+    the lines after it are indented by the label's width."""
 
-    def __init__(self, path: str, indent: int = 4, style: str = "") -> None:
+    def __init__(self, path: str, indent: int = 4, style: str = "", label: str = "") -> None:
         self.path = path
-        self.indent = indent
+        self.indent = cell_len(label) if label else indent
         self.style = style
+        self.label = label
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = max(8, options.max_width - self.indent)
@@ -284,8 +286,11 @@ class _PathBlock:
                 line = ""
             line += part
         lines.append(line)
-        for text in lines:
-            yield _block(text, self.indent, self.style)
+        for number, text in enumerate(lines):
+            if number == 0 and self.label:
+                yield Text.assemble(self.label, (text, self.style))
+            else:
+                yield _block(text, self.indent, self.style)
 
 
 def display_path(location: str) -> str:
@@ -417,7 +422,7 @@ def batch_detail(
         _state(record.state),
         f"  dataset {record.dataset}  runs {record.runs}",
     )
-    lines: list[RenderableType] = [head, Text(f"source  {record.uri}")]
+    lines: list[RenderableType] = [head, _PathBlock(record.uri, label="source  ")]
     lease = "free"
     now = datetime.now(UTC)
     if record.lease_owner and (record.lease_expires is None or record.lease_expires > now):

@@ -42,3 +42,23 @@ def test_a_long_path_breaks_after_a_slash_and_reads_back_whole() -> None:
 
 def test_a_path_that_fits_stays_on_one_line() -> None:
     assert [line.strip() for line in _render(200)[2:]] == [LOCATION]
+
+
+def test_a_batch_source_too_long_for_a_line_breaks_after_a_slash() -> None:
+    from datetime import UTC, datetime
+
+    from sender.model import BatchState
+    from sender.ports import BatchRecord
+    from sender.status import batch_detail
+
+    uri = "s3://acme-lake/predictions/churn/model=churn-v3/date=2026-11-24/run=nightly-0300/"
+    record = BatchRecord("b-1", "churn", uri, BatchState.COMPLETE, {}, datetime.now(UTC))
+    console = Console(width=60, record=True, color_system=None)
+    with console.capture() as captured:
+        console.print(batch_detail(record, []))
+
+    lines = captured.get().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("source  "))
+    first, second = lines[start], lines[start + 1]
+    assert first.rstrip().endswith("/") and second.startswith("        ")
+    assert (first[8:].rstrip() + second.strip()).startswith(uri.rstrip("/"))
