@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -44,6 +43,7 @@ from sender.drop import BucketDrop, DropOptions
 from sender.errors import AdapterClosed, SourceError, map_errors
 from sender.model import ObjectInfo
 from sender_adapters._bucket_source import BucketSource, split_bucket_uri
+from sender_adapters._pipe import DownloadPipe, PipeCancelled
 
 __all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
 
@@ -53,7 +53,6 @@ _CREDENTIALS_HINT = (
     "application-default credentials: GOOGLE_APPLICATION_CREDENTIALS (a key file), "
     "'gcloud auth application-default login', or Workload Identity / the metadata server"
 )
-_QUEUED_PIECES = 2  # pieces a download may run ahead of its reader
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -184,65 +183,6 @@ class _Client:
         await asyncio.to_thread(shutdown)
 
 
-class _Cancelled(Exception):
-    """The reader went away: the download thread stops."""
-
-
-class _Pipe(io.RawIOBase):
-    """A writable file for a download thread whose bytes reach the loop in pieces of
-    ``size``; the thread blocks while ``_QUEUED_PIECES`` pieces wait to be read."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
-        self._loop = loop
-        self._size = size
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._slots = threading.Semaphore(_QUEUED_PIECES)
-        self._buffer = bytearray()
-        self._cancelled = False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:  # from the download thread
-        if self._cancelled:
-            raise _Cancelled
-        self._buffer += data
-        if len(self._buffer) >= self._size:
-            self._hand_over()
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        # the SDK rewinds only after decompressive transcoding, which raw downloads avoid
-        raise io.UnsupportedOperation("a streamed download cannot rewind")
-
-    def _hand_over(self) -> None:
-        self._slots.acquire()
-        if self._cancelled:
-            raise _Cancelled
-        piece = bytes(self._buffer)
-        self._buffer.clear()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
-
-    def finish(self) -> None:
-        """The download ended (well or not): hand over the rest, then the end mark."""
-        try:
-            if self._buffer and not self._cancelled:
-                self._hand_over()
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-
-    async def get(self) -> bytes | None:
-        piece = await self._queue.get()
-        if piece is not None:
-            self._slots.release()
-        return piece
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._slots.release()  # wake a thread waiting for room
-
-
 class GcsSource(BucketSource):
     """Lists and streams the objects of ``gs://bucket/prefix/`` batches.
 
@@ -277,7 +217,7 @@ class GcsSource(BucketSource):
             what="gcs source",
         )
         self._retry = DEFAULT_RETRY.with_timeout(self.options.retry_budget_s)
-        self._pipes: set[_Pipe] = set()
+        self._pipes: set[DownloadPipe] = set()
 
     async def _list_prefix(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         timeout, retry = self.options.timeout_s, self._retry
@@ -308,7 +248,7 @@ class GcsSource(BucketSource):
 
     async def _stream(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
         bucket, name = self.split(obj.uri)
-        pipe = _Pipe(asyncio.get_running_loop(), self.options.read_size)
+        pipe = DownloadPipe(asyncio.get_running_loop(), self.options.read_size)
         timeout, retry = self.options.timeout_s, self._retry
 
         def download() -> None:
@@ -334,7 +274,7 @@ class GcsSource(BucketSource):
         finally:
             pipe.cancel()
             self._pipes.discard(pipe)
-            with contextlib.suppress(_Cancelled, *_SDK_ERRORS):
+            with contextlib.suppress(PipeCancelled, *_SDK_ERRORS):
                 await done
 
     async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
