@@ -35,17 +35,18 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 
-from sender.errors import AdapterClosed
+from sender.errors import AdapterClosed, DeliveryError, PermanentError, RetryableError
 
 __all__ = [
     "AWS_SDK_ERRORS",
     "AwsClient",
     "AwsService",
     "ClientSpec",
+    "aws_error",
     "aws_session",
-    "describe_aws_error",
     "region_in_url",
 ]
 
@@ -187,7 +188,7 @@ class AwsClient:
 
 # -- errors -----------------------------------------------------------------------------------
 
-# what an aiobotocore call can raise: the errors ``describe_aws_error`` reads
+# what an aiobotocore call can raise: the errors ``aws_error`` reads
 AWS_SDK_ERRORS: tuple[type[BaseException], ...] = (
     BotoCoreError,
     ClientError,
@@ -207,57 +208,81 @@ Extra = Callable[[BaseException], "tuple[str, bool] | None"]
 class AwsService:
     """What one AWS service's errors mean.
 
-    ``access_denied`` is a template with ``{where}``, ``{code}`` and ``{message}``;
-    ``permanent`` maps further codes to a reason (after ``"{where}: "``) that no retry can
-    change; ``credentials_hint``, when set, says where credentials were looked for.
+    ``throttling`` are the codes that say "you are sending too much" (retried, with
+    ``push_back``); ``retryable`` further codes a later attempt can get past; ``payload``
+    the codes that refuse the message or object itself (too large, invalid content), so
+    that splitting the chunk can help. ``access_denied`` is a template with ``{where}``,
+    ``{code}`` and ``{message}``; ``permanent`` maps further codes to a reason (after
+    ``"{where}: "``) that no retry can change; ``credentials_hint``, when set, says where
+    credentials were looked for.
     """
 
     name: str  # as in "S3 error SlowDown: ..."
+    throttling: frozenset[str]
     retryable: frozenset[str]
     denied: frozenset[str]
     refused_credentials: frozenset[str]
     access_denied: str
     credentials_hint: str = ""
     permanent: Mapping[str, str] = field(default_factory=dict)
+    payload: frozenset[str] = frozenset()
 
 
-def describe_aws_error(
+def _answer_error(
+    exc: ClientError, where: str, service: AwsService, missing: Missing | None
+) -> DeliveryError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = str(error.get("Message") or "")
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) or None
+    if missing is not None and (reason := missing(where, code, status or 0, error)) is not None:
+        return PermanentError(reason, status=status, payload=False)
+    refused = service.refused_credentials
+    if code in service.denied or (status == 403 and code not in refused):
+        reason = service.access_denied.format(where=where, code=code, message=message)
+        return PermanentError(reason, status=status, payload=False)
+    if code in refused:
+        reason = f"{where}: the AWS credentials were refused ({code}: {message})"
+        return PermanentError(reason, status=status, payload=False)
+    if code in service.permanent:
+        return PermanentError(f"{where}: {service.permanent[code]}", status=status, payload=False)
+    detail = f"{code}: {message}" if message else code or f"HTTP {status}"
+    reason = f"{where}: {service.name} error {detail}"
+    throttled = code in service.throttling or status in (429, 503)
+    if throttled or code in service.retryable or (status or 0) >= 500 or status == 408:
+        return RetryableError(reason, status=status, push_back=throttled)
+    return PermanentError(reason, status=status, payload=code in service.payload)
+
+
+def aws_error(
     exc: BaseException,
     where: str,
     service: AwsService,
     *,
     missing: Missing | None = None,
     extra: Extra | None = None,
-) -> tuple[str, bool]:
-    """A readable reason for an SDK or transport error about ``where``, and whether a later
-    attempt may succeed: throttling, 5xx, 408, 429, connection trouble, timeouts and failing
-    to fetch credentials are worth retrying; the rest is not."""
+) -> DeliveryError:
+    """The ``RetryableError`` or ``PermanentError`` an SDK or transport error about
+    ``where`` means, with a readable reason and the answer's HTTP status when there was one.
+
+    Throttling (the service's throttling codes, 429, 503) is retryable and ``push_back``, and
+    so is a read timeout; other 5xx, 408, the service's retryable codes, connection trouble
+    and failing to fetch credentials are retryable; the rest is permanent, ``payload`` only
+    for the service's payload codes (a 400 from S3 or SQS is rarely about the records)."""
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = str(error.get("Message") or "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if missing is not None and (reason := missing(where, code, status, error)) is not None:
-            return reason, False
-        refused = service.refused_credentials
-        if code in service.denied or (status == 403 and code not in refused):
-            return service.access_denied.format(where=where, code=code, message=message), False
-        if code in refused:
-            return f"{where}: the AWS credentials were refused ({code}: {message})", False
-        if code in service.permanent:
-            return f"{where}: {service.permanent[code]}", False
-        retryable = code in service.retryable or status >= 500 or status in (408, 429)
-        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
-        return f"{where}: {service.name} error {detail}", retryable
+        return _answer_error(exc, where, service, missing)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         hint = f"; looked in {service.credentials_hint}" if service.credentials_hint else ""
-        return f"no usable AWS credentials found ({exc}){hint}", False
+        return PermanentError(f"no usable AWS credentials found ({exc}){hint}", payload=False)
     if isinstance(exc, CredentialRetrievalError):
-        return f"could not get AWS credentials: {exc}", True
+        return RetryableError(f"could not get AWS credentials: {exc}", push_back=False)
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
+        # the service took the request and did not answer in time: a sign of load
+        detail = f" ({exc})" if str(exc) else ""
+        return RetryableError(f"{where}: timed out{detail}", push_back=True)
     if isinstance(exc, ConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
-        return f"{where}: connection error: {exc}", True
-    if isinstance(exc, TimeoutError):
-        return f"{where}: timed out", True
+        return RetryableError(f"{where}: connection error: {exc}", push_back=False)
     if extra is not None and (described := extra(exc)) is not None:
-        return described
-    return f"{where}: {type(exc).__name__}: {exc}", False
+        reason, retryable = described
+        return RetryableError(reason) if retryable else PermanentError(reason, payload=False)
+    return PermanentError(f"{where}: {type(exc).__name__}: {exc}", payload=False)

@@ -11,10 +11,12 @@ for it (persistent by default)::
     headers           batch, dataset, route, chunk, records
 
 Outcomes: a message the broker cannot route (no queue bound for the routing key) comes back
-and is a ``PermanentError`` naming the exchange and routing key; a missing exchange is one
-too. A broker ``nack`` (a full queue with ``x-overflow = reject-publish``, an internal
-error), a lost connection and a timeout are ``RetryableError``. The robust connection is
-opened on the first chunk and reconnects by itself after a broker restart.
+and is a ``PermanentError`` naming the exchange and routing key (``status`` 312, NO_ROUTE);
+a missing exchange (404), denied access (403) are one too. A broker ``nack`` (a full queue
+with ``x-overflow = reject-publish``, an internal error) and a confirm that does not come in
+time are ``RetryableError`` with ``push_back``; a lost connection is one without. The
+robust connection is opened on the first chunk and reconnects by itself after a broker
+restart.
 
 ``declare_queue`` declares a durable queue of that name (bound to ``exchange`` with
 ``routing_key`` when the exchange is not the default one), for setups where the sender owns
@@ -40,9 +42,12 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from aiormq.exceptions import (
     ChannelAccessRefused,
+    ChannelClosed,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
+    ConnectionClosed,
 )
+from pamqp.commands import Basic
 from pydantic import Field
 
 from sender.codecs import CONTENT_TYPES
@@ -75,6 +80,30 @@ def chunk_message(chunk: EncodedChunk, *, persistent: bool = True) -> aio_pika.M
         },
         app_id="integration-sender",
     )
+
+
+NO_ROUTE = 312  # AMQP reply code of a mandatory message no queue was bound to take
+# what the channel errors aiormq raises stand for (it keeps only the reply text)
+_CHANNEL_CODES: dict[type[BaseException], int] = {
+    ChannelAccessRefused: 403,
+    ChannelNotFoundEntity: 404,
+    ChannelPreconditionFailed: 406,
+}
+
+
+def _reply_code(exc: BaseException) -> int | None:
+    """The AMQP reply code (312 NO_ROUTE, 404 NOT_FOUND, 320 CONNECTION_FORCED…) an error
+    carries, else None."""
+    if isinstance(exc, PublishError) and exc.message is not None:
+        returned = exc.message.delivery  # the Basic.Return the broker sent the message back in
+        return int(returned.reply_code) if isinstance(returned, Basic.Return) else None
+    for kind, code in _CHANNEL_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    if isinstance(exc, ChannelClosed | ConnectionClosed) and exc.args:
+        first = exc.args[0]
+        return first if isinstance(first, int) else None
+    return None
 
 
 def _without_credentials(url: str) -> str:
@@ -119,24 +148,35 @@ class AmqpDestination(Resource):
 
     @contextlib.contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
-        """aio-pika/aiormq and socket errors leave as ``DeliveryError``s, the cause kept."""
+        """aio-pika/aiormq and socket errors leave as ``DeliveryError``s, the cause kept and
+        the broker's reply code as ``status`` when it gave one."""
         try:
             yield
         except PublishError as exc:
             # returned by the broker: with mandatory set, nothing was bound to take it
             raise PermanentError(
-                f"amqp: unroutable: no queue is bound to {self._where} ({exc.args[0]})"
+                f"amqp: unroutable: no queue is bound to {self._where} ({exc.args[0]})",
+                status=_reply_code(exc) or NO_ROUTE,
+                payload=False,
             ) from exc
         except DeliveryError as exc:
-            raise RetryableError(f"amqp: the broker refused the message ({exc})") from exc
+            # a nack: the queue is full (x-overflow = reject-publish) or the broker is
+            # struggling; either way it asks for less
+            raise RetryableError(
+                f"amqp: the broker refused the message ({exc})", push_back=True
+            ) from exc
         except (ChannelNotFoundEntity, ChannelAccessRefused, ChannelPreconditionFailed) as exc:
             # a missing exchange, no permission, a queue declared with other arguments:
             # the same publish fails the same way until someone changes the broker
-            raise PermanentError(f"amqp {what}: {exc}") from exc
+            raise PermanentError(
+                f"amqp {what}: {exc}", status=_reply_code(exc), payload=False
+            ) from exc
         except CONNECTION_EXCEPTIONS as exc:
-            raise RetryableError(f"amqp {what}: {str(exc) or type(exc).__name__}") from exc
+            reason = f"amqp {what}: {str(exc) or type(exc).__name__}"
+            raise RetryableError(reason, status=_reply_code(exc), push_back=False) from exc
         except TimeoutError as exc:
-            raise RetryableError(f"amqp {what}: timed out") from exc
+            # no confirm in time: the broker is slow to take what we send (flow control)
+            raise RetryableError(f"amqp {what}: timed out", push_back=True) from exc
 
     async def _get_channel(self) -> AbstractChannel:
         if self._closed:

@@ -15,8 +15,9 @@ the reader falls behind), resumed by the SDK if the connection drops, pinned to 
 object's generation, and checksummed (crc32c) at the end.
 
 google's errors are translated at this boundary: a source raises ``SourceError``, a
-destination ``RetryableError`` (429, 5xx, connection trouble) or ``PermanentError`` (access
-denied, no such bucket, missing credentials).
+destination ``RetryableError`` (429, 503 and read timeouts with ``push_back``, other 5xx,
+connection trouble) or ``PermanentError`` (access denied, no such bucket, missing
+credentials), both with the answer's HTTP ``status``.
 """
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ from pydantic import Field
 
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
-from sender.errors import AdapterClosed, SourceError, map_errors
+from sender.errors import (
+    AdapterClosed,
+    DeliveryError,
+    PermanentError,
+    RetryableError,
+    SourceError,
+    map_errors,
+)
 from sender.model import ObjectInfo
 from sender_adapters._bucket_source import BucketSource, split_bucket_uri
 from sender_adapters._pipe import DownloadPipe, PipeCancelled
 
-__all__ = ["GcsDestination", "GcsSource", "describe_gcs_error", "split_gs_uri"]
+__all__ = ["GcsDestination", "GcsSource", "gcs_error", "split_gs_uri"]
 
 T = TypeVar("T")
 
@@ -60,39 +68,59 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     return split_bucket_uri(uri, "gs")
 
 
-def describe_gcs_error(exc: BaseException, where: str) -> tuple[str, bool]:
-    """A readable reason for an SDK error about ``where`` (``gs://bucket/name``), and whether a
-    later attempt may succeed."""
+def gcs_error(exc: BaseException, where: str) -> DeliveryError:
+    """The ``RetryableError`` or ``PermanentError`` an SDK error about ``where``
+    (``gs://bucket/name``) means: a readable reason, the HTTP status, and ``push_back`` for
+    429, 503 and read timeouts."""
     if isinstance(exc, api_exceptions.RetryError):
         cause = exc.cause
-        reason = describe_gcs_error(cause, where)[0] if cause is not None else str(exc)
-        return f"{reason} (gave up retrying)", True
+        if cause is None:
+            return RetryableError(f"{exc} (gave up retrying)")
+        last = gcs_error(cause, where)
+        return RetryableError(
+            f"{last.reason} (gave up retrying)",
+            status=last.status,
+            push_back=isinstance(last, RetryableError) and last.push_back,
+        )
     if isinstance(exc, api_exceptions.GoogleAPICallError):
-        status = int(exc.code or 0)
-        message = exc.message or str(exc)
-        if status == 404:
-            return f"{where}: not found ({message})", False
-        if status in (401, 403):
-            return (
-                f"{where}: access denied (check the bucket's IAM and the service account "
-                f"the sender runs as; credentials come from {_CREDENTIALS_HINT})",
-                False,
-            )
-        if status == 412:
-            return f"{where}: the object changed since it was listed", False
-        retryable = status >= 500 or status in (408, 429)
-        return f"{where}: GCS error {status}: {message}", retryable
+        return _answer_error(exc, where)
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):
-        return f"no Google credentials found ({exc}); looked for {_CREDENTIALS_HINT}", False
+        reason = f"no Google credentials found ({exc}); looked for {_CREDENTIALS_HINT}"
+        return PermanentError(reason, payload=False)
     if isinstance(exc, auth_exceptions.RefreshError | auth_exceptions.TransportError):
-        return f"could not get Google credentials: {exc}", True
+        return RetryableError(f"could not get Google credentials: {exc}")
     if isinstance(exc, storage_exceptions.DataCorruption):
-        return f"{where}: download corrupted in transit (checksum mismatch)", True
-    if isinstance(exc, requests.RequestException | ConnectionError | TimeoutError | OSError):
-        return f"{where}: connection error: {exc}", True
+        return RetryableError(f"{where}: download corrupted in transit (checksum mismatch)")
+    if isinstance(exc, requests.ReadTimeout | TimeoutError):
+        # GCS took the request and did not answer in time: a sign of load
+        return RetryableError(f"{where}: timed out ({exc})", push_back=True)
+    if isinstance(exc, requests.RequestException | ConnectionError | OSError):
+        return RetryableError(f"{where}: connection error: {exc}", push_back=False)
     if isinstance(exc, storage_exceptions.InvalidResponse):
-        return f"{where}: unexpected answer from GCS: {exc}", True
-    return f"{where}: {type(exc).__name__}: {exc}", False
+        response = exc.response
+        status = response.status_code if isinstance(response, requests.Response) else None
+        return RetryableError(f"{where}: unexpected answer from GCS: {exc}", status=status)
+    return PermanentError(f"{where}: {type(exc).__name__}: {exc}", payload=False)
+
+
+def _answer_error(exc: api_exceptions.GoogleAPICallError, where: str) -> DeliveryError:
+    status = int(exc.code or 0) or None
+    message = exc.message or str(exc)
+    if status == 404:
+        return PermanentError(f"{where}: not found ({message})", status=status)
+    if status in (401, 403):
+        reason = (
+            f"{where}: access denied (check the bucket's IAM and the service account the "
+            f"sender runs as; credentials come from {_CREDENTIALS_HINT})"
+        )
+        return PermanentError(reason, status=status)
+    if status == 412:
+        return PermanentError(f"{where}: the object changed since it was listed", status=status)
+    reason = f"{where}: GCS error {status}: {message}"
+    if (status or 0) >= 500 or status in (408, 429):
+        return RetryableError(reason, status=status)  # push_back follows 429 and 503
+    # a 400 is about the request (metadata, names), not the records; a 413 is the object
+    return PermanentError(reason, status=status, payload=status == 413)
 
 
 _SDK_ERRORS = (
@@ -107,11 +135,11 @@ _SDK_ERRORS = (
 
 
 def _source_errors(where: str) -> contextlib.AbstractContextManager[None]:
-    return map_errors(_SDK_ERRORS, lambda exc: describe_gcs_error(exc, where), to="source")
+    return map_errors(_SDK_ERRORS, lambda exc: gcs_error(exc, where), to="source")
 
 
 def _delivery_errors(where: str) -> contextlib.AbstractContextManager[None]:
-    return map_errors(_SDK_ERRORS, lambda exc: describe_gcs_error(exc, where))
+    return map_errors(_SDK_ERRORS, lambda exc: gcs_error(exc, where))
 
 
 class _Client:
@@ -234,7 +262,7 @@ class GcsSource(BucketSource):
         except api_exceptions.NotFound as exc:
             raise SourceError(f"no such bucket: {bucket} (gs://{bucket}/{prefix})") from exc
         except _SDK_ERRORS as exc:
-            raise SourceError(describe_gcs_error(exc, f"gs://{bucket}/{prefix}")[0]) from exc
+            raise SourceError(gcs_error(exc, f"gs://{bucket}/{prefix}").reason) from exc
 
     async def _stat(self, bucket: str, key: str, uri: str) -> ObjectInfo | None:
         timeout, retry = self.options.timeout_s, self._retry
@@ -270,7 +298,7 @@ class GcsSource(BucketSource):
                     f"{obj.uri}: no such object (deleted or rewritten since it was listed)"
                 ) from exc
             except _SDK_ERRORS as exc:
-                raise SourceError(describe_gcs_error(exc, obj.uri)[0]) from exc
+                raise SourceError(gcs_error(exc, obj.uri).reason) from exc
         finally:
             pipe.cancel()
             self._pipes.discard(pipe)

@@ -11,8 +11,9 @@ AWS tools do.
 
 aiobotocore is imported here only (``pip install 'integration-sender[s3]'``); its errors are
 translated at this boundary: a source raises ``SourceError``, a destination
-``RetryableError`` (throttling, 5xx, connection trouble) or ``PermanentError`` (access denied,
-no such bucket, refused credentials).
+``RetryableError`` (throttling and read timeouts with ``push_back``, other 5xx, connection
+trouble) or ``PermanentError`` (access denied, no such bucket, refused credentials), both
+with the answer's HTTP ``status``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ from pydantic import Field
 
 from sender.config import Duration, SourceOptions
 from sender.drop import BucketDrop, DropOptions
-from sender.errors import SourceError, map_errors
+from sender.errors import DeliveryError, SourceError, map_errors
 from sender.model import ObjectInfo
 from sender_adapters._aws import (
     AWS_SDK_ERRORS,
     AwsClient,
     AwsService,
     ClientSpec,
-    describe_aws_error,
+    aws_error,
 )
 from sender_adapters._bucket_source import BucketSource, split_bucket_uri
 
-__all__ = ["S3Destination", "S3Source", "describe_s3_error", "split_s3_uri"]
+__all__ = ["S3Destination", "S3Source", "s3_error", "split_s3_uri"]
 
 _CREDENTIALS_HINT = (
     "the standard AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
@@ -52,22 +53,22 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 _S3 = AwsService(
     name="S3",
-    # S3 error codes a later attempt can get past; everything else a 4xx says is permanent
-    retryable=frozenset(
+    # S3's "you are sending too much": retried with push-back (SlowDown comes as a 503)
+    throttling=frozenset(
         {
             "BandwidthLimitExceeded",
-            "InternalError",
-            "OperationAborted",
             "RequestLimitExceeded",
             "RequestThrottled",
-            "RequestTimeTooSkewed",
-            "RequestTimeout",
             "ServiceUnavailable",
             "SlowDown",
             "Throttling",
             "ThrottlingException",
             "TooManyRequestsException",
         }
+    ),
+    # further codes a later attempt can get past; everything else a 4xx says is permanent
+    retryable=frozenset(
+        {"InternalError", "OperationAborted", "RequestTimeTooSkewed", "RequestTimeout"}
     ),
     denied=frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}),
     refused_credentials=frozenset(
@@ -82,6 +83,7 @@ _S3 = AwsService(
         "PreconditionFailed": "the object changed since it was listed",
         "412": "the object changed since it was listed",
     },
+    payload=frozenset({"EntityTooLarge"}),  # an object over S3's size cap: a smaller one fits
 )
 
 
@@ -102,20 +104,19 @@ def _extra(where: str, exc: BaseException) -> tuple[str, bool] | None:
     return None
 
 
-def describe_s3_error(exc: BaseException, where: str) -> tuple[str, bool]:
-    """A readable reason for an SDK error about ``where`` (``s3://bucket/key``), and whether a
-    later attempt may succeed."""
-    return describe_aws_error(
-        exc, where, _S3, missing=_missing, extra=lambda error: _extra(where, error)
-    )
+def s3_error(exc: BaseException, where: str) -> DeliveryError:
+    """The ``RetryableError`` or ``PermanentError`` an SDK error about ``where``
+    (``s3://bucket/key``) means: a readable reason, the HTTP status, and ``push_back`` for
+    throttling (``SlowDown``, 503)."""
+    return aws_error(exc, where, _S3, missing=_missing, extra=lambda error: _extra(where, error))
 
 
 def _source_errors(where: str) -> contextlib.AbstractContextManager[None]:
-    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_s3_error(exc, where), to="source")
+    return map_errors(AWS_SDK_ERRORS, lambda exc: s3_error(exc, where), to="source")
 
 
 def _delivery_errors(where: str) -> contextlib.AbstractContextManager[None]:
-    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_s3_error(exc, where))
+    return map_errors(AWS_SDK_ERRORS, lambda exc: s3_error(exc, where))
 
 
 async def _read_piece(body: Any, size: int) -> bytes:
@@ -192,9 +193,9 @@ class S3Source(BucketSource):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
                 return None
-            raise SourceError(describe_s3_error(exc, uri)[0]) from exc
+            raise SourceError(s3_error(exc, uri).reason) from exc
         except AWS_SDK_ERRORS as exc:
-            raise SourceError(describe_s3_error(exc, uri)[0]) from exc
+            raise SourceError(s3_error(exc, uri).reason) from exc
         return ObjectInfo(uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
 
     async def _stream(self, obj: ObjectInfo) -> AsyncIterator[bytes]:

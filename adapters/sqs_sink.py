@@ -19,8 +19,9 @@ option to match). A larger chunk is refused with ``PermanentError`` before any r
 engine then halves the chunk until the pieces fit, so delivery degrades to smaller messages
 rather than failing. Lower the route's ``chunk.bytes`` to avoid the detour.
 
-Errors: throttling, 5xx and connection trouble are ``RetryableError``; a missing queue,
-denied access, refused credentials and other 4xx answers are ``PermanentError``.
+Errors: throttling, 5xx and connection trouble are ``RetryableError`` (throttling and a
+read timeout with ``push_back``); a missing queue, denied access, refused credentials and
+other 4xx answers are ``PermanentError``. Both carry the answer's HTTP ``status``.
 Credentials come from botocore's usual chain (environment, profile, web identity, instance or
 task role). Config::
 
@@ -44,7 +45,7 @@ from pydantic import Field
 
 from sender.codecs import CONTENT_TYPES
 from sender.config import DestinationOptions, Size
-from sender.errors import PermanentError, map_errors
+from sender.errors import DeliveryError, PermanentError, map_errors
 from sender.model import EncodedChunk, Receipt
 from sender.ports import Resource
 from sender_adapters._aws import (
@@ -52,11 +53,11 @@ from sender_adapters._aws import (
     AwsClient,
     AwsService,
     ClientSpec,
-    describe_aws_error,
+    aws_error,
     region_in_url,
 )
 
-__all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "describe_sqs_error", "message_request"]
+__all__ = ["SQS_MESSAGE_CAP", "SqsDestination", "message_request", "sqs_error"]
 
 SQS_MESSAGE_CAP = 256 * 1024  # the classic SendMessage cap (body + attributes)
 _SQS_MAX_CAP = 1024 * 1024  # what a queue's MaximumMessageSize can be raised to
@@ -71,7 +72,8 @@ _MISSING_QUEUE = frozenset(
 )
 _SQS = AwsService(
     name="SQS",
-    retryable=frozenset(
+    # SQS's "you are sending too much" (most come as HTTP 400): retried with push-back
+    throttling=frozenset(
         {
             "ThrottlingException",
             "Throttling",
@@ -79,12 +81,11 @@ _SQS = AwsService(
             "KmsThrottled",
             "KMS.ThrottlingException",
             "ServiceUnavailable",
-            "InternalError",
-            "InternalFailure",
-            "RequestTimeout",
-            "RequestTimeoutException",
             "TooManyRequestsException",
         }
+    ),
+    retryable=frozenset(
+        {"InternalError", "InternalFailure", "RequestTimeout", "RequestTimeoutException"}
     ),
     denied=frozenset({"AccessDenied", "AccessDeniedException", "KMS.AccessDeniedException"}),
     refused_credentials=frozenset(
@@ -101,6 +102,8 @@ _SQS = AwsService(
         "{where}: access denied ({code}: {message}); the sender's role needs "
         "sqs:SendMessage on the queue (and kms:GenerateDataKey for an encrypted one)"
     ),
+    # characters SQS refuses in the body: splitting the chunk isolates the records at fault
+    payload=frozenset({"InvalidMessageContents"}),
 )
 
 
@@ -110,14 +113,15 @@ def _missing(queue_url: str, code: str, status: int, error: Mapping[str, Any]) -
     return None
 
 
-def describe_sqs_error(exc: BaseException, queue_url: str) -> tuple[str, bool]:
-    """A readable reason for an SDK or transport error sending to ``queue_url``, and whether
-    a later attempt may succeed."""
-    return describe_aws_error(exc, queue_url, _SQS, missing=_missing)
+def sqs_error(exc: BaseException, queue_url: str) -> DeliveryError:
+    """The ``RetryableError`` or ``PermanentError`` an SDK or transport error sending to
+    ``queue_url`` means: a readable reason, the HTTP status, and ``push_back`` for
+    throttling."""
+    return aws_error(exc, queue_url, _SQS, missing=_missing)
 
 
 def _delivery_errors(queue_url: str) -> contextlib.AbstractContextManager[None]:
-    return map_errors(AWS_SDK_ERRORS, lambda exc: describe_sqs_error(exc, queue_url))
+    return map_errors(AWS_SDK_ERRORS, lambda exc: sqs_error(exc, queue_url))
 
 
 def _attribute(value: str | int) -> dict[str, str]:

@@ -27,9 +27,10 @@ Every error the core raises or expects from an adapter derives from ``SenderErro
 
 Adapters translate vendor exceptions (aiohttp, botocore, google, aio-pika) into this tree at
 their boundary and keep the original as ``__cause__``; vendor errors never reach the core.
-``map_errors`` is that boundary for the adapters whose SDK errors only need a reason and a
-retryable/permanent verdict. The core never reads an error's message text: the message is
-for people, the fields are for code (STYLE.md #22).
+``map_errors`` is that boundary: an adapter's ``describe`` turns a vendor error into the
+``RetryableError`` / ``PermanentError`` it means (with the status and push-back the answer
+carried), or just a reason and a retryable/permanent verdict. The core never reads an
+error's message text: the message is for people, the fields are for code (STYLE.md #22).
 """
 
 from __future__ import annotations
@@ -237,17 +238,19 @@ class PermanentError(DeliveryError):
 @contextlib.contextmanager
 def map_errors(
     catch: tuple[type[BaseException], ...],
-    describe: Callable[[BaseException], tuple[str, bool]],
+    describe: Callable[[BaseException], DeliveryError | tuple[str, bool]],
     *,
     to: Literal["delivery", "source"] = "delivery",
 ) -> Iterator[None]:
     """Translate the vendor errors in ``catch`` raised inside the block (STYLE.md #7).
 
-    ``describe(exc)`` gives a readable reason and whether a later attempt may succeed. With
-    ``to="delivery"`` the block raises ``RetryableError(reason)`` or
-    ``PermanentError(reason)`` accordingly; with ``to="source"`` it raises
-    ``SourceError(reason)`` (a source does not retry, so the verdict is dropped). The vendor
-    error is kept as ``__cause__``; errors outside ``catch`` pass through untouched::
+    ``describe(exc)`` gives the ``RetryableError`` or ``PermanentError`` the vendor error
+    means, with the facts the answer carried (``status``, ``push_back``, ``payload``), or
+    just a readable reason and whether a later attempt may succeed (then the block raises a
+    ``RetryableError(reason)`` or ``PermanentError(reason)`` without them). With
+    ``to="source"`` it raises ``SourceError(reason)`` instead (a source does not retry, so
+    the verdict is dropped). The vendor error is kept as ``__cause__``; errors outside
+    ``catch`` pass through untouched::
 
         with map_errors((ClientError, OSError), lambda exc: describe(exc, uri)):
             await client.put_object(...)
@@ -255,7 +258,12 @@ def map_errors(
     try:
         yield
     except catch as exc:
-        reason, retryable = describe(exc)
+        described = describe(exc)
+        if isinstance(described, DeliveryError):
+            error = described
+        else:
+            reason, retryable = described
+            error = RetryableError(reason) if retryable else PermanentError(reason)
         if to == "source":
-            raise SourceError(reason) from exc
-        raise (RetryableError(reason) if retryable else PermanentError(reason)) from exc
+            raise SourceError(error.reason) from exc
+        raise error from exc

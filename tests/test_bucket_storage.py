@@ -501,8 +501,12 @@ async def test_a_manifest_for_a_chunk_that_is_gone_is_refused(store: Store, buck
 
 async def test_a_missing_bucket_is_a_permanent_error(store: Store) -> None:
     async with store.destination("drop", "no-such-drop") as drop:
-        with pytest.raises(PermanentError, match=store.no_such_drop):
+        with pytest.raises(PermanentError, match=store.no_such_drop) as caught:
             await drop.deliver(make_chunk("0", 1))
+
+    # the store's answer, as a fact: about the bucket, so splitting the chunk would not help
+    assert caught.value.status == 404
+    assert caught.value.payload is False
 
 
 async def test_an_unreachable_store_is_a_retryable_error(
@@ -511,8 +515,12 @@ async def test_an_unreachable_store_is_a_retryable_error(
     endpoint = closed_port_url.removesuffix("/down")
     options = {store.endpoint_option: endpoint, "timeout": "2s"}
     async with store.destination("drop", "drop-bucket", **options) as drop:
-        with pytest.raises(RetryableError, match="connection error"):
+        with pytest.raises(RetryableError, match="connection error") as caught:
             await drop.deliver(make_chunk("0", 1))
+
+    # no answer: no status, and a refused connection says nothing about load
+    assert caught.value.status is None
+    assert caught.value.push_back is False
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from google.api_core import exceptions as api_exceptions
 
 from sender.config import load_config
 from sender.drop import MANIFEST_NAME, SUCCESS_NAME
-from sender.errors import SourceError
+from sender.errors import DeliveryError, PermanentError, RetryableError, SourceError
 from sender.model import ObjectInfo
-from sender_adapters.gcs import GcsDestination, GcsSource, describe_gcs_error
+from sender_adapters.gcs import GcsDestination, GcsSource, gcs_error
 from tests.cloud import GcsBucket, GcsServer, bucket_name, make_chunk, summary_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -108,22 +108,42 @@ async def test_the_event_loop_keeps_running_while_gcs_is_read(
 
 
 @pytest.mark.parametrize(
-    ("status", "retryable", "words"),
+    ("status", "kind", "push_back", "words"),
     [
-        (429, True, "GCS error 429"),
-        (503, True, "GCS error 503"),
-        (500, True, "GCS error 500"),
-        (403, False, "access denied"),
-        (401, False, "access denied"),
-        (404, False, "not found"),
-        (400, False, "GCS error 400"),
+        (429, RetryableError, True, "GCS error 429"),
+        (503, RetryableError, True, "GCS error 503"),
+        (500, RetryableError, False, "GCS error 500"),
+        (403, PermanentError, False, "access denied"),
+        (401, PermanentError, False, "access denied"),
+        (404, PermanentError, False, "not found"),
+        (400, PermanentError, False, "GCS error 400"),
     ],
 )
-def test_gcs_errors_are_retryable_or_permanent(status: int, retryable: bool, words: str) -> None:
-    error = api_exceptions.from_http_status(status, "m")
-    reason, is_retryable = describe_gcs_error(error, "gs://b/k")
-    assert is_retryable is retryable
-    assert words in reason
+def test_gcs_answers_become_errors_with_their_status(
+    status: int, kind: type[DeliveryError], push_back: bool, words: str
+) -> None:
+    error = gcs_error(api_exceptions.from_http_status(status, "m"), "gs://b/k")
+
+    assert type(error) is kind and words in error.reason
+    assert error.status == status
+    if isinstance(error, RetryableError):
+        assert error.push_back is push_back  # 429 and 503 say "send less", a 500 does not
+    else:
+        assert isinstance(error, PermanentError)
+        assert error.payload is False  # about the bucket or the request, not the records
+
+
+def test_gcs_gave_up_retrying_keeps_the_last_answer() -> None:
+    last = api_exceptions.from_http_status(429, "slow down")
+    error = gcs_error(api_exceptions.RetryError("deadline", last), "gs://b/k")
+
+    assert isinstance(error, RetryableError) and "gave up retrying" in error.reason
+    assert error.status == 429 and error.push_back is True
+
+
+def test_an_object_too_large_for_gcs_is_about_the_payload() -> None:
+    error = gcs_error(api_exceptions.from_http_status(413, "too big"), "gs://b/k")
+    assert isinstance(error, PermanentError) and error.payload is True
 
 
 # -- destination ----------------------------------------------------------------------------

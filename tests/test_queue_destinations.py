@@ -20,10 +20,10 @@ from botocore.exceptions import ClientError
 from sender.app import App
 from sender.config import AppConfig
 from sender.engine import BatchOutcome
-from sender.errors import PermanentError, RetryableError
+from sender.errors import DeliveryError, PermanentError, RetryableError
 from sender.model import BatchState, EncodedChunk, TriggerMessage, idempotency_key
 from sender_adapters.amqp_sink import AmqpDestination
-from sender_adapters.sqs_sink import SqsDestination, describe_sqs_error, message_request
+from sender_adapters.sqs_sink import SqsDestination, message_request, sqs_error
 from tests.batches import write_batch
 from tests.brokers import AMQP_URL, SqsQueue
 
@@ -274,22 +274,50 @@ def test_uncompressed_text_travels_as_is_and_control_characters_as_base64() -> N
 
 
 @pytest.mark.parametrize(
-    ("code", "status", "retryable", "words"),
+    ("code", "status", "kind", "push_back", "words"),
     [
-        ("ThrottlingException", 400, True, "ThrottlingException"),
-        ("InternalError", 500, True, "InternalError"),
-        ("AWS.SimpleQueueService.NonExistentQueue", 400, False, "no such queue"),
-        ("AccessDenied", 403, False, "access denied"),
-        ("InvalidClientTokenId", 403, False, "credentials were refused"),
+        ("ThrottlingException", 400, RetryableError, True, "ThrottlingException"),
+        ("KMS.ThrottlingException", 400, RetryableError, True, "KMS.ThrottlingException"),
+        ("InternalError", 500, RetryableError, False, "InternalError"),
+        ("AWS.SimpleQueueService.NonExistentQueue", 400, PermanentError, False, "no such queue"),
+        ("AccessDenied", 403, PermanentError, False, "access denied"),
+        ("InvalidClientTokenId", 403, PermanentError, False, "credentials were refused"),
     ],
 )
-def test_sqs_errors_are_classified(code: str, status: int, retryable: bool, words: str) -> None:
-    error = ClientError(
-        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
-        "SendMessage",
+def test_sqs_answers_become_errors_with_their_status(
+    code: str, status: int, kind: type[DeliveryError], push_back: bool, words: str
+) -> None:
+    error = sqs_error(
+        ClientError(
+            {
+                "Error": {"Code": code, "Message": "m"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "SendMessage",
+        ),
+        "https://q/x",
     )
-    reason, again = describe_sqs_error(error, "https://q/x")
-    assert again is retryable and words in reason
+
+    assert type(error) is kind and words in error.reason
+    assert error.status == status
+    if isinstance(error, RetryableError):
+        assert error.push_back is push_back  # throttling (a 400 on SQS) says "send less"
+    else:
+        assert isinstance(error, PermanentError) and error.payload is False
+
+
+def test_a_message_sqs_refuses_for_its_content_is_about_the_payload() -> None:
+    error = sqs_error(
+        ClientError(
+            {
+                "Error": {"Code": "InvalidMessageContents", "Message": "invalid characters"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            },
+            "SendMessage",
+        ),
+        "https://q/x",
+    )
+    assert isinstance(error, PermanentError) and error.payload is True  # halving isolates it
 
 
 async def test_an_unreachable_sqs_endpoint_is_retryable(closed_port_url: str) -> None:
@@ -298,8 +326,9 @@ async def test_an_unreachable_sqs_endpoint_is_retryable(closed_port_url: str) ->
         {"queue_url": f"{endpoint}/123456789012/q", "endpoint_url": endpoint, "region": "us-east-1"}
     )
     destination = SqsDestination("queue", options)
-    with pytest.raises(RetryableError, match="connection error"):
+    with pytest.raises(RetryableError, match="connection error") as caught:
         await destination.deliver(chunk())
+    assert caught.value.status is None and caught.value.push_back is False
     await destination.aclose()
     await destination.aclose()  # idempotent
 
@@ -381,10 +410,37 @@ async def test_a_missing_exchange_is_permanent_and_the_next_chunk_still_goes_out
         {"url": AMQP_URL, "exchange": f"{amqp_queue}-nope", "routing_key": amqp_queue}
     )
     async with AmqpDestination("queue", missing) as destination:
-        with pytest.raises(PermanentError, match="NOT_FOUND"):
+        with pytest.raises(PermanentError, match="NOT_FOUND") as caught:
             await destination.deliver(chunk())
         with pytest.raises(PermanentError, match="NOT_FOUND"):
             await destination.deliver(chunk())  # on a fresh channel, same answer
+
+    assert caught.value.status == 404  # the broker's reply code
+    assert caught.value.payload is False  # about the exchange: splitting would not help
+
+
+async def test_an_unroutable_chunk_carries_the_no_route_reply_code(amqp_queue: str) -> None:
+    options = AmqpDestination.Options.model_validate({"url": AMQP_URL, "routing_key": amqp_queue})
+    async with AmqpDestination("queue", options) as destination:
+        with pytest.raises(PermanentError, match="unroutable") as caught:
+            await destination.deliver(chunk())
+
+    assert caught.value.status == 312 and caught.value.payload is False
+
+
+async def test_a_full_queue_refusing_the_chunk_is_push_back(amqp_queue: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+        await channel.declare_queue(amqp_queue, arguments=arguments)
+    options = AmqpDestination.Options.model_validate({"url": AMQP_URL, "routing_key": amqp_queue})
+    async with AmqpDestination("queue", options) as destination:
+        await destination.deliver(chunk())  # the one message the queue takes
+        with pytest.raises(RetryableError, match="refused") as caught:
+            await destination.deliver(chunk())
+
+    assert caught.value.push_back is True  # the broker asks for less, not just later
 
 
 async def test_an_unreachable_broker_is_retryable() -> None:
@@ -399,8 +455,9 @@ async def test_an_unreachable_broker_is_retryable() -> None:
         }
     )
     destination = AmqpDestination("queue", options)
-    with pytest.raises(RetryableError):
+    with pytest.raises(RetryableError) as caught:
         await destination.deliver(chunk())
+    assert caught.value.status is None and caught.value.push_back is False
     await destination.aclose()
     await destination.aclose()  # idempotent
     assert "guest:***@" in repr(destination)

@@ -5,11 +5,11 @@ moto's server on loopback through aiobotocore (no SDK mocking)."""
 from __future__ import annotations
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from sender.errors import SourceError
+from sender.errors import DeliveryError, PermanentError, RetryableError, SourceError
 from sender_adapters import _aws
-from sender_adapters.s3 import S3Destination, S3Source, describe_s3_error
+from sender_adapters.s3 import S3Destination, S3Source, s3_error
 from tests.cloud import MotoServer, S3Bucket, bucket_name, make_chunk
 
 
@@ -86,20 +86,41 @@ def _client_error(code: str, status: int) -> ClientError:
 
 
 @pytest.mark.parametrize(
-    ("code", "status", "retryable", "words"),
+    ("code", "status", "kind", "push_back", "words"),
     [
-        ("SlowDown", 503, True, "SlowDown"),
-        ("InternalError", 500, True, "InternalError"),
-        ("RequestTimeout", 400, True, "RequestTimeout"),
-        ("AccessDenied", 403, False, "access denied"),
-        ("InvalidAccessKeyId", 403, False, "credentials were refused"),
-        ("NoSuchBucket", 404, False, "no such bucket"),
-        ("InvalidArgument", 400, False, "InvalidArgument"),
+        ("SlowDown", 503, RetryableError, True, "SlowDown"),
+        ("RequestLimitExceeded", 400, RetryableError, True, "RequestLimitExceeded"),
+        ("InternalError", 500, RetryableError, False, "InternalError"),
+        ("RequestTimeout", 400, RetryableError, False, "RequestTimeout"),
+        ("AccessDenied", 403, PermanentError, False, "access denied"),
+        ("InvalidAccessKeyId", 403, PermanentError, False, "credentials were refused"),
+        ("NoSuchBucket", 404, PermanentError, False, "no such bucket"),
+        ("InvalidArgument", 400, PermanentError, False, "InvalidArgument"),
     ],
 )
-def test_s3_errors_are_retryable_or_permanent(
-    code: str, status: int, retryable: bool, words: str
+def test_s3_answers_become_errors_with_their_status(
+    code: str, status: int, kind: type[DeliveryError], push_back: bool, words: str
 ) -> None:
-    reason, is_retryable = describe_s3_error(_client_error(code, status), "s3://b/k")
-    assert is_retryable is retryable
-    assert words in reason
+    error = s3_error(_client_error(code, status), "s3://b/k")
+
+    assert type(error) is kind and words in error.reason
+    assert error.status == status
+    if isinstance(error, RetryableError):
+        assert error.push_back is push_back  # throttling says "send less", a 500 does not
+    else:
+        assert isinstance(error, PermanentError)
+        assert error.payload is False  # about the bucket or the request, not the records
+
+
+def test_only_an_object_too_large_is_about_the_payload() -> None:
+    error = s3_error(_client_error("EntityTooLarge", 400), "s3://b/k")
+    assert isinstance(error, PermanentError) and error.payload is True
+
+
+def test_a_read_timeout_pushes_back_and_a_refused_connection_does_not() -> None:
+    slow = s3_error(ReadTimeoutError(endpoint_url="http://s3"), "s3://b/k")
+    refused = s3_error(EndpointConnectionError(endpoint_url="http://s3"), "s3://b/k")
+
+    assert isinstance(slow, RetryableError) and slow.push_back is True
+    assert isinstance(refused, RetryableError) and refused.push_back is False
+    assert slow.status is None and refused.status is None  # no answer, no status
