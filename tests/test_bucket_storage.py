@@ -76,7 +76,7 @@ class Store:
 
     def source(self, **options: Any) -> Any:
         options.setdefault(self.endpoint_option, self.endpoint)
-        return self.source_class(self.source_class.Options(**options))
+        return self.source_class(self.kind, self.source_class.Options(**options))
 
     def destination_options(self, bucket: str, **options: Any) -> Any:
         options.setdefault(self.endpoint_option, self.endpoint)
@@ -271,8 +271,8 @@ def _counting(source_class: type[Any]) -> type[Any]:
     class Counting(source_class):  # type: ignore[misc, valid-type]
         """Records every request for a range, to show what reading Parquet costs on the wire."""
 
-        def __init__(self, options: Any) -> None:
-            super().__init__(options)
+        def __init__(self, name: str, options: Any) -> None:
+            super().__init__(name, options)
             self.fetched: list[int] = []
 
         async def _fetch_range(self, obj: ObjectInfo, start: int, length: int) -> bytes:
@@ -292,7 +292,7 @@ async def test_parquet_is_read_in_a_few_ranged_requests_not_downloaded_whole(
     options = store.source_class.Options(
         **{store.endpoint_option: store.endpoint, "read_size": "256KiB"}
     )
-    source = _counting(store.source_class)(options)
+    source = _counting(store.source_class)(store.kind, options)
     async with source:
         batch = await list_batch(source, uri, require_success=True)
         (obj,) = batch.objects

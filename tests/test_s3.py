@@ -52,7 +52,7 @@ async def test_drops_with_the_same_settings_share_one_client_closed_by_the_last(
 ) -> None:
     options = S3Destination.Options(bucket=bucket.name, endpoint_url=moto_server.endpoint_url)
     first, second = S3Destination("a", options), S3Destination("b", options)
-    source = S3Source(S3Source.Options(endpoint_url=moto_server.endpoint_url))
+    source = S3Source("s3", S3Source.Options(endpoint_url=moto_server.endpoint_url))
 
     await first.deliver(make_chunk("0", 2))
     await second.deliver(make_chunk("1", 2))
