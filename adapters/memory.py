@@ -48,6 +48,8 @@ class MemorySource(Resource):
     may be changed between calls (to test a batch that changes under the sender).
     """
 
+    schemes = frozenset({"mem"})  # not registered: tests build it directly
+
     class Options(SourceOptions):
         type: str = "memory"
 

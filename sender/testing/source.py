@@ -49,7 +49,7 @@ import pytest
 
 from ..errors import AdapterClosed, SourceError
 from ..model import ObjectInfo
-from ..ports import Source
+from ..ports import ServesSchemes, Source
 
 __all__ = ["SourceContract"]
 
@@ -76,6 +76,13 @@ class SourceContract:
 
     async def test_source_implements_the_port(self, source: Any) -> None:
         assert isinstance(source, Source)
+
+    async def test_the_source_serves_the_scheme_of_its_uris(self, source: Any, seed: Any) -> None:
+        base = await _seeded(seed, {"part-0.jsonl": b"{}\n"})
+
+        # the class declares it: a batch URI goes to the source of its scheme ("" a path)
+        assert isinstance(type(source), ServesSchemes)
+        assert urlsplit(base).scheme in type(source).schemes
 
     async def test_listing_is_every_object_sorted_by_uri_markers_and_hidden_files_too(
         self, source: Any, seed: Any
