@@ -5,12 +5,11 @@ and the in-memory fake. What only one trigger does stays in its test_trigger_*.p
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from sender.testing import TriggerContract
+from sender.testing import Clock, TriggerContract
 from sender_adapters.amqp import AmqpTrigger
 from sender_adapters.http_trigger import HttpTrigger
 from sender_adapters.memory import MemoryTrigger
@@ -27,16 +26,6 @@ class TestSpoolTrigger(TriggerContract):
     def trigger(self, tmp_path: Path) -> Callable[[], SpoolTrigger]:
         options = SpoolTrigger.Options(type="spool", path=str(tmp_path / "queue"), poll_s=0.05)
         return lambda: SpoolTrigger("trigger", options)
-
-
-class Clock:
-    """Aware UTC time that a test moves forward instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 class TestHttpTrigger(TriggerContract):
@@ -67,7 +56,7 @@ class TestHttpTrigger(TriggerContract):
     @pytest.fixture
     def lapse(self, clock: Clock) -> Callable[[], object]:
         async def past_the_lease() -> None:
-            clock.offset += timedelta(seconds=61)
+            clock.advance(61)
 
         return past_the_lease
 

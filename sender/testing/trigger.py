@@ -234,7 +234,8 @@ async def _daemon(folder: Path, trigger: Any) -> AsyncIterator[tuple[Daemon, _Sp
     async with Receiver() as receiver, App(load_config(_config(folder, receiver))) as app:
         spy = _Spy(trigger, app.ledger)
         daemon = Daemon(app, spy)
-        task = asyncio.create_task(daemon.run())
+        # an adopter's test process keeps its own signal handlers
+        task = asyncio.create_task(daemon.run(handle_signals=False))
         try:
             yield daemon, spy, receiver
         finally:
