@@ -523,7 +523,9 @@ async def open_daemon(
         stack.push_async_callback(trigger.aclose)
         daemon = Daemon(app, trigger, burst=burst)
         token = config.daemon.token.get_secret_value() if config.daemon.token else None
-        source = StatusSource(config, app.ledger, app.targets, live, lambda: daemon.active)
+        source = StatusSource(
+            config, app.ledger, app.targets, live, lambda: daemon.active, daemon.readiness
+        )
         control = ControlServer(
             app.ledger,
             readiness=daemon.readiness,

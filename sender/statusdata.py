@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
 from .config import AppConfig
+from .errors import SenderError
 from .live import LiveStatus
 from .log import mask_values
 from .ports import BatchRecord, ChunkRecord, Ledger
@@ -51,6 +52,8 @@ class StatusSource:
     targets: Mapping[str, Target]
     live: LiveStatus
     active: Callable[[], set[str]]  # ids of the batches running here now
+    # what /readyz would say is wrong (draining, trigger down, dead-letter store full...)
+    readiness: Callable[[], Awaitable[list[str]]] | None = None
 
     def _roles(self) -> dict[str, str]:
         roles: dict[str, str] = {}
@@ -105,8 +108,9 @@ class StatusSource:
             "owner": record.lease_owner if running else None,
         }
 
-    async def batches(self) -> list[dict[str, Any]]:
-        """Batches running here (live progress) first, then the latest from the ledger."""
+    async def batches(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
+        """Batches running here (live progress) first, then the latest from the ledger; with
+        the ledger unreachable only the first, and the reason in ``problems``."""
         now = time.time()
         live = {b["batch_id"]: b for b in self.live.batches()}
         out: list[dict[str, Any]] = []
@@ -114,7 +118,14 @@ class StatusSource:
         for batch_id in [b for b in live if live[b]["state"] == "running"]:
             out.append({**live[batch_id], "here": True, "reconciled": False, "error": None})
         shown = {b["batch_id"] for b in out}
-        for record in await self.ledger.list_batches(limit=_RECENT):
+        try:
+            records = await self.ledger.list_batches(limit=_RECENT)
+        except SenderError as exc:
+            if problems is None:
+                raise
+            problems.append(f"ledger: {exc}")
+            records = []
+        for record in records:
             if record.batch_id in shown:
                 continue
             item = self._ledger_batch(record, now)
@@ -127,7 +138,8 @@ class StatusSource:
     async def snapshot(self, batch_id: str | None = None) -> dict[str, Any]:
         """The whole ``/v1/status`` document; with ``batch_id`` also that batch's detail
         (``"batch"``, None when the ledger does not know it)."""
-        batches = await self.batches()
+        problems = list(await self.readiness()) if self.readiness is not None else []
+        batches = await self.batches(problems)
         destinations = self.destinations()
         stores = {name: dict(counts) for name, counts in sorted(self.live.dead_letters.items())}
         throughput = self.live.throughput()
@@ -151,13 +163,18 @@ class StatusSource:
                 ),
                 "dead_lettered_recent": sum(b["records"]["dead_lettered"] for b in batches),
             },
+            "problems": list(dict.fromkeys(problems)),  # once each, in order
             "batches": batches,
             "destinations": destinations,
             "dead_letters": {"since_start": stores},
             "throughput": throughput,
         }
         if batch_id is not None:
-            doc["batch"] = await self.batch_detail(batch_id, batches)
+            try:
+                doc["batch"] = await self.batch_detail(batch_id, batches)
+            except SenderError as exc:
+                doc["batch"] = None
+                doc["problems"].append(f"ledger: {exc}")
         masked: dict[str, Any] = mask_values(doc)
         return masked
 

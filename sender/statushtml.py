@@ -235,10 +235,16 @@ def dead_letters(doc: dict[str, Any]) -> str:
     return f"<ul>{items}</ul>"
 
 
+def problems(doc: dict[str, Any]) -> str:
+    """What the daemon's readiness check says is wrong, or nothing."""
+    return "".join(f'<p class="problem">{_e(p)}</p>' for p in doc.get("problems") or ())
+
+
 def overview_page(doc: dict[str, Any], *, sign_out: bool = False) -> str:
     """``GET /``; ``sign_out`` adds the button (the request came with a session)."""
     body = (
         f"{_header(doc, sign_out=sign_out)}<main>"
+        f'<section id="problems">{problems(doc)}</section>'
         f'<section class="cards" id="summary">{_summary(doc)}</section>'
         f'<section><h2>throughput</h2><div id="throughput">{throughput_svg(doc["throughput"])}'
         "</div></section>"
@@ -325,7 +331,8 @@ def batch_page(doc: dict[str, Any], batch_id: str, *, sign_out: bool = False) ->
     )
     body = (
         f"{_header(doc, crumb, sign_out=sign_out)}"
-        f'<main><section id="batch">{inner}</section></main>'
+        f'<main><section id="problems">{problems(doc)}</section>'
+        f'<section id="batch">{inner}</section></main>'
     )
     url = f"/v1/status?batch={quote(batch_id, safe='')}"
     return _shell(f"sender · {batch_id}", body, data={"status-url": url, "batch": batch_id})

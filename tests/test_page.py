@@ -319,6 +319,39 @@ async def test_the_page_ships_its_script_and_stylesheet_and_loads_nothing_from_e
     assert 'name="viewport"' in html
 
 
+async def test_with_the_ledger_down_the_page_still_shows_what_this_process_knows(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from sender.config import load_config
+    from sender.errors import LedgerError
+    from sender.statusdata import StatusSource
+    from sender.statushtml import overview_page
+
+    class DownLedger:
+        async def list_batches(self, **filters: Any) -> list[Any]:
+            raise LedgerError("database is locked")
+
+    async def readiness() -> list[str]:
+        return ["trigger: amqp not connected (reconnecting)"]
+
+    live = LiveStatus()
+    live.batch_started("churn-now", "churn", ["scores"])
+    live.chunk_done("churn-now", "scores", "delivered", "scores_api", 5, 100, 50)
+    config = load_config(write_page_config(tmp_path, receiver.url))
+    source = StatusSource(config, DownLedger(), {}, live, lambda: {"churn-now"}, readiness)  # type: ignore[arg-type]
+
+    doc = await source.snapshot()
+
+    assert doc["problems"] == [
+        "trigger: amqp not connected (reconnecting)",
+        "ledger: database is locked",
+    ]
+    assert [b["batch_id"] for b in doc["batches"]] == ["churn-now"]
+    html = overview_page(doc)
+    assert '<p class="problem">ledger: database is locked</p>' in html
+    assert 'data-batch-id="churn-now"' in html
+
+
 # -- the live pieces on their own ---------------------------------------------------------------
 
 

@@ -159,8 +159,12 @@
     el.textContent = ok ? " · live" : " · not answering";
     el.className = ok ? "live" : "stale";
   }
+  function problems(doc) {
+    return (doc.problems || []).map(function (p) { return '<p class="problem">' + e(p) + "</p>"; }).join("");
+  }
   function draw(doc) {
     put("updated", clock(doc.generated_at));
+    put("problems", problems(doc));
     if (batchId) {
       if (doc.batch) put("batch", batchSection(doc.batch));
       return;
