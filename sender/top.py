@@ -206,9 +206,15 @@ def render_frame(doc: dict[str, Any], *, address: str, width: int = 80) -> Rende
         style="red" if dead else "dim",
     )
     dead_line.truncate(width, overflow="ellipsis")
+    problems = []
+    for problem in doc.get("problems") or ():
+        text = Text(f"! {problem}", style="bold red")
+        text.truncate(width, overflow="ellipsis")
+        problems.append(text)
     return Group(
         head,
         line,
+        *problems,
         spark,
         Text(""),
         _batches(doc["batches"], limit=10),

@@ -125,6 +125,7 @@ def test_a_frame_fits_the_width_it_is_given_with_long_names_and_errors() -> None
             }
         ],
         "dead_letters": {"since_start": {"dead": {"chunks": 1, "records": 1}}},
+        "problems": ["ledger: " + "unreachable " * 20],
         "throughput": {"step_s": 2.0, "records_per_s": [0.0, 1.0, 5.0, 2.0] * 40},
     }
     console = Console(width=80, record=True, color_system=None)
@@ -134,6 +135,7 @@ def test_a_frame_fits_the_width_it_is_given_with_long_names_and_errors() -> None
     lines = captured.get().splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert any("half-open" in line for line in lines)
+    assert lines[2].startswith("! ledger: unreachable") and lines[2].endswith("…")
     assert any(line.endswith("…") and "HTTP 503" in line for line in lines)
 
 
