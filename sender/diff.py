@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,29 +289,30 @@ async def baseline_pages(
 class DiffFilter:
     """Pass 2: the projected records again, each sent, counted unchanged or rejected as the
     plan says. ``fetch(after_ordinal, limit)`` gives the plan's ``send``/``duplicate``/``bad``
-    rows in ordinal order (``DiffStore.plan_page`` for one batch and route)."""
+    rows in ordinal order (``DiffStore.plan_page`` for one batch and route).
+
+    ``apply`` is synchronous, like the rest of a route's cutting: before each block the
+    caller awaits ``prefetch(n)`` with an upper bound of the records the block can hold."""
 
     def __init__(self, fetch: Callable[[int, int], Awaitable[list[PlanRow]]]) -> None:
         self._fetch = fetch
-        self._rows: list[PlanRow] = []
-        self._at = 0  # index into _rows
+        self._rows: deque[PlanRow] = deque()
         self._last = -1  # the last ordinal fetched
         self._done = False
-        self._ordinal = 0
+        self._ordinal = 0  # the next record's ordinal
 
-    async def _row(self) -> PlanRow | None:
-        if self._at == len(self._rows):
-            if self._done:
-                return None
-            self._rows, self._at = await self._fetch(self._last, _PAGE), 0
-            if len(self._rows) < _PAGE:
+    async def prefetch(self, count: int) -> None:
+        """Have at hand every plan row for the next ``count`` records."""
+        wanted = self._ordinal + count - 1
+        while not self._done and self._last < wanted:
+            page = await self._fetch(self._last, _PAGE)
+            self._rows.extend(page)
+            if len(page) < _PAGE:
                 self._done = True
-            if not self._rows:
-                return None
-            self._last = self._rows[-1].ordinal or 0
-        return self._rows[self._at]
+            if page:
+                self._last = page[-1].ordinal or 0
 
-    async def apply(
+    def apply(
         self, lines: Sequence[bytes], locate: Callable[[int], str] | None = None
     ) -> tuple[list[bytes], int, list[BadRecord]]:
         """The records to send, how many were unchanged, and the rejected ones."""
@@ -318,17 +320,17 @@ class DiffFilter:
         bad: list[BadRecord] = []
         unchanged = 0
         start = self._ordinal
-        row = await self._row()
+        rows = self._rows
         for offset, line in enumerate(lines):
-            if row is None or row.ordinal != start + offset:
+            if not rows or rows[0].ordinal != start + offset:
                 unchanged += 1
                 continue
+            row = rows.popleft()
             if row.kind == "send":
                 sent.append(line)
             else:
                 where = locate(offset) if locate else ""
                 bad.append(BadRecord(bytes(line), row.reason or row.kind, where))
-            self._at += 1
-            row = await self._row()
         self._ordinal = start + len(lines)
+        assert self._done or self._last >= self._ordinal - 1, "prefetch did not cover the block"
         return sent, unchanged, bad

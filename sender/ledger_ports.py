@@ -38,37 +38,36 @@ __all__ = [
 
 @dataclass(slots=True)
 class RouteStats:
-    """A route's reconciliation: ``read == delivered + dead_lettered + rejected`` when done."""
+    """A route's reconciliation: ``read == delivered + dead_lettered + rejected + unchanged``
+    when done. ``unchanged`` counts records a diff-synced route did not send because the
+    receiver has them already; ``tombstones`` the deletions it delivered (``_deleted``
+    records, not read from the batch, so outside the equation), ``tombstones_dead_lettered``
+    those that went to the dead-letter store."""
 
     read: int = 0
     delivered: int = 0
     dead_lettered: int = 0
     rejected: int = 0
+    unchanged: int = 0
     chunks: int = 0
+    tombstones: int = 0
+    tombstones_dead_lettered: int = 0
 
     @property
     def reconciled(self) -> bool:
-        return self.read == self.delivered + self.dead_lettered + self.rejected
+        settled = self.delivered + self.dead_lettered + self.rejected + self.unchanged
+        return self.read == settled
 
     @classmethod
     def total(cls, stats: Iterable[RouteStats]) -> RouteStats:
         total = cls()
         for item in stats:
-            total.read += item.read
-            total.delivered += item.delivered
-            total.dead_lettered += item.dead_lettered
-            total.rejected += item.rejected
-            total.chunks += item.chunks
+            for name in cls.__dataclass_fields__:
+                setattr(total, name, getattr(total, name) + getattr(item, name))
         return total
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            "read": self.read,
-            "delivered": self.delivered,
-            "dead_lettered": self.dead_lettered,
-            "rejected": self.rejected,
-            "chunks": self.chunks,
-        }
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(slots=True)

@@ -201,7 +201,10 @@ async def test_status_lists_batches_in_80_columns_and_as_json(
         "delivered": 400,
         "dead_lettered": 400,
         "rejected": 0,
+        "unchanged": 0,
         "chunks": 2,
+        "tombstones": 0,
+        "tombstones_dead_lettered": 0,
     }
     assert first["delivered_by"] == {"primary": 1, "fallback": 0}
     assert first["targets"] == {"api": 1, "dead": 1}
@@ -234,6 +237,7 @@ async def test_trigger_drops_a_message_in_the_spool_queue(tmp_path: Path) -> Non
         "format": None,
         "expected_records": 20000,
         "routes": None,
+        "full": False,
     }
     code, _, err = await sender(
         "trigger", "/data/x", "--dataset", "nobody-routes-this", "-c", str(config)

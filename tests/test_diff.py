@@ -115,7 +115,8 @@ async def run_batch(
     sent, bad, unchanged = [], [], 0
     diff_filter = DiffFilter(lambda after, limit: store.plan_page(batch_id, "r", after, limit))
     for i in range(0, len(records), block):
-        out, same, rejected = await diff_filter.apply(records[i : i + block], lambda k: f"f:{k}")
+        await diff_filter.prefetch(block)
+        out, same, rejected = diff_filter.apply(records[i : i + block], lambda k: f"f:{k}")
         sent += out
         unchanged += same
         bad += rejected
@@ -273,7 +274,8 @@ async def test_filtering_again_with_the_frozen_plan_gives_the_same_records() -> 
     first, *_ = await run_batch(store, "d2", lines(day2), SPEC)
     await deliver_all(store, "d2")  # the baseline moved on: a resume must not look at it
     diff_filter = DiffFilter(lambda after, limit: store.plan_page("d2", "r", after, limit))
-    again, unchanged, _ = await diff_filter.apply(lines(day2))
+    await diff_filter.prefetch(len(day2))
+    again, unchanged, _ = diff_filter.apply(lines(day2))
     assert again == first
     assert unchanged == len(day2) - len(first)
 

@@ -198,7 +198,10 @@ async def test_status_shows_a_running_batch_moving_and_the_down_destinations_ope
         "delivered": 60,
         "dead_lettered": 60,
         "rejected": 0,
+        "unchanged": 0,
         "chunks": 12 + 3,
+        "tombstones": 0,
+        "tombstones_dead_lettered": 0,
     }
     assert finished["reconciled"] is True
     scores = _destination(done, "scores_api")
@@ -229,7 +232,10 @@ async def test_one_batch_shows_its_chunks_reconciliation_and_the_replay_that_rep
         "delivered": 0,
         "dead_lettered": 60,
         "rejected": 0,
+        "unchanged": 0,
         "chunks": 3,
+        "tombstones": 0,
+        "tombstones_dead_lettered": 0,
         "reconciled": True,
     }
     assert batch["replay"]["chunks"] == 3

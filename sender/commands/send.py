@@ -153,4 +153,7 @@ def register_trigger(commands: Subcommands, common: argparse.ArgumentParser) -> 
     trigger.add_argument("--format", choices=["jsonl", "csv", "parquet"])
     trigger.add_argument("--expected-records", type=int)
     trigger.add_argument("--route", action="append")
+    trigger.add_argument(
+        "--full", action="store_true", help="ask for a full refresh of diff-synced routes"
+    )
     trigger.set_defaults(func=cmd_trigger)
