@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -50,34 +48,6 @@ class TestMemoryLedger(LedgerContract, ReplayLogContract, InboxContract, DiffSto
     async def ledger(self, clock: Clock) -> AsyncIterator[MemoryLedger]:
         async with MemoryLedger(clock=clock) as opened:
             yield opened
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.mark.parametrize("make", [SqliteLedger, MemoryLedger], ids=["sqlite", "memory"])
-async def test_lease_expires_by_the_ledgers_clock(make: Any, tmp_path: Path) -> None:
-    clock = FakeClock()
-    ledger = make(tmp_path / "l.db", clock=clock) if make is SqliteLedger else make(clock=clock)
-    async with ledger:
-        await ledger.start_batch(make_message("b-1"))
-        assert await ledger.acquire_lease("b-1", "daemon-a", 30)
-
-        clock.now += timedelta(seconds=29)
-        assert not await ledger.acquire_lease("b-1", "daemon-b", 30)
-        clock.now += timedelta(seconds=2)
-        assert await ledger.acquire_lease("b-1", "daemon-b", 30)
-
-        record = await ledger.get_batch("b-1")
-        assert record.lease_expires == clock.now + timedelta(seconds=30)
-        assert record.created_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 # -- SQLite only ---------------------------------------------------------------------------

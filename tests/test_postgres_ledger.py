@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -130,14 +130,6 @@ class TestPostgresLedger(LedgerContract, ReplayLogContract, InboxContract, DiffS
             yield opened
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 # -- migrations -----------------------------------------------------------------------------
 
 
@@ -186,7 +178,7 @@ async def test_a_schema_newer_than_this_code_is_refused(fresh_dsn: str) -> None:
 
 
 async def test_a_dead_replicas_batch_is_taken_over_once_its_lease_expires(pg_dsn: str) -> None:
-    clock = FakeClock()  # one clock for both, like the database server's
+    clock = Clock()  # one clock for both, like the database server's
     dead = PostgresLedger(pg_dsn, clock=clock)
     async with PostgresLedger(pg_dsn, clock=clock) as survivor:
         await empty_database(pg_dsn)
@@ -195,32 +187,21 @@ async def test_a_dead_replicas_batch_is_taken_over_once_its_lease_expires(pg_dsn
         await dead.save_chunks([make_chunk("b-1", "0", state=ChunkState.DELIVERED)])
         await dead.aclose()  # killed: the lease is never released
 
-        clock.now += timedelta(seconds=29)
+        clock.advance(29)
         assert not await survivor.acquire_lease("b-1", "replica-b", 30)
-        clock.now += timedelta(seconds=2)
+        clock.advance(2)
+        taken_at = clock()
         assert await survivor.acquire_lease("b-1", "replica-b", 30)
 
         resumed = await survivor.start_batch(make_message("b-1"))
         assert resumed.runs == 2
         assert resumed.lease_owner == "replica-b"
-        assert resumed.lease_expires == clock.now + timedelta(seconds=30)
-        assert [c.state for c in await survivor.chunks("b-1")] == [ChunkState.DELIVERED]
-
-
-async def test_chunk_writes_from_two_replicas_all_land(pg_dsn: str) -> None:
-    async with PostgresLedger(pg_dsn) as a, PostgresLedger(pg_dsn) as b:
-        await empty_database(pg_dsn)
-        await a.start_batch(make_message("b-1"))
-
-        await asyncio.gather(
-            *(
-                ledger.save_chunks([make_chunk("b-1", str(i), state=ChunkState.DELIVERED)])
-                for i in range(40)
-                for ledger in ([a] if i % 2 else [b])
-            )
+        assert (
+            taken_at + timedelta(seconds=30)
+            <= resumed.lease_expires
+            <= clock() + timedelta(seconds=30)
         )
-
-        assert [c.chunk_id for c in await b.chunks("b-1")] == [str(i) for i in range(40)]
+        assert [c.state for c in await survivor.chunks("b-1")] == [ChunkState.DELIVERED]
 
 
 # -- connection and URL -----------------------------------------------------------------------

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from .destination import DestinationContract, make_encoded_chunk
     from .diff import DiffStoreContract
     from .inbox import InboxContract
-    from .ledger import Clock, LedgerContract, make_chunk, make_message
+    from .ledger import LedgerContract
+    from .ledger_suite import Clock, make_chunk, make_message
     from .replay_log import ReplayLogContract
     from .source import SourceContract
     from .trigger import TriggerContract
@@ -52,7 +53,7 @@ __all__ = [
 # where each name lives; imported on first use, so that ``sender.testing.receiver`` (which
 # ``sender demo`` runs) needs neither pytest nor the suites
 _HOMES = {
-    "Clock": "ledger",
+    "Clock": "ledger_suite",
     "DestinationContract": "destination",
     "DiffStoreContract": "diff",
     "InboxContract": "inbox",
@@ -60,9 +61,9 @@ _HOMES = {
     "ReplayLogContract": "replay_log",
     "SourceContract": "source",
     "TriggerContract": "trigger",
-    "make_chunk": "ledger",
+    "make_chunk": "ledger_suite",
     "make_encoded_chunk": "destination",
-    "make_message": "ledger",
+    "make_message": "ledger_suite",
 }
 
 

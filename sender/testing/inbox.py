@@ -12,7 +12,8 @@ import pytest
 
 from ..errors import AdapterClosed, LedgerError
 from ..ports import Inbox
-from .ledger import Clock, LedgerSuite, _aware
+from .ledger_suite import Clock, LedgerSuite
+from .ledger_suite import aware as _aware
 
 __all__ = ["InboxContract"]
 

@@ -32,66 +32,12 @@ from typing import Any
 import pytest
 
 from ..errors import AdapterClosed, LedgerError
-from ..model import BatchState, ChunkState, ObjectInfo, TriggerMessage, idempotency_key
-from ..ports import ChunkRecord, Ledger, RouteStats
+from ..model import BatchState, ChunkState, ObjectInfo
+from ..ports import Ledger, RouteStats
+from .ledger_suite import Clock, LedgerSuite, make_chunk, make_message
+from .ledger_suite import aware as _aware
 
-__all__ = ["Clock", "LedgerContract", "LedgerSuite", "make_chunk", "make_message"]
-
-
-class Clock:
-    """The time a ledger under test reads: real time at first, moved on by ``advance``.
-    Pass it as the ledger's ``clock`` (a callable returning an aware UTC datetime)."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-def make_message(batch_id: str = "b-1", dataset: str = "churn", **extra: Any) -> TriggerMessage:
-    """A valid trigger message for ``batch_id`` (``uri`` defaults to a local folder)."""
-    fields: dict[str, Any] = {"uri": f"file:///lake/{dataset}/{batch_id}", **extra}
-    return TriggerMessage(batch_id=batch_id, dataset=dataset, **fields)
-
-
-def make_chunk(
-    batch_id: str,
-    chunk_id: str,
-    *,
-    route: str = "to_crm",
-    state: ChunkState = ChunkState.PENDING,
-    **extra: Any,
-) -> ChunkRecord:
-    """A chunk row with its real idempotency key; ``extra`` sets any other field."""
-    return ChunkRecord(
-        batch_id=batch_id,
-        route=route,
-        chunk_id=chunk_id,
-        state=state,
-        idempotency_key=idempotency_key(batch_id, route, chunk_id),
-        **extra,
-    )
-
-
-def _aware(value: datetime | None) -> bool:
-    return value is not None and value.utcoffset() == timedelta(0)
-
-
-class LedgerSuite:
-    """The fixtures every ledger suite shares: ``clock``, and ``replica`` (``ledger`` unless
-    the subclass opens a second handle on the same store)."""
-
-    @pytest.fixture
-    def clock(self) -> Clock:
-        return Clock()
-
-    @pytest.fixture
-    def replica(self, ledger: Any) -> Any:
-        return ledger
+__all__ = ["Clock", "LedgerContract", "make_chunk", "make_message"]
 
 
 @pytest.mark.asyncio
@@ -132,6 +78,23 @@ class LedgerContract(LedgerSuite):
         assert _aware(record.created_at) and _aware(record.started_at)
         assert before - timedelta(seconds=5) <= record.created_at <= datetime.now(UTC)
         assert await ledger.get_batch("b-1") == record
+
+    async def test_every_time_stamped_is_the_ledgers_clock(self, ledger: Any, clock: Clock) -> None:
+        clock.advance(86_400)  # a day ahead of real time: only the ledger's clock says that
+        before = clock()
+
+        started = await ledger.start_batch(make_message("b-1"))
+        assert await ledger.acquire_lease("b-1", "daemon-a", 30)
+        await ledger.save_chunks([make_chunk("b-1", "0")])
+        await ledger.finish_batch("b-1", BatchState.COMPLETE, {})
+
+        after = clock()
+        record = await ledger.get_batch("b-1")
+        (chunk,) = await ledger.chunks("b-1")
+        for stamp in (started.created_at, started.started_at, record.finished_at, chunk.updated_at):
+            assert before <= stamp <= after
+        lease = timedelta(seconds=30)
+        assert before + lease <= record.lease_expires <= after + lease
 
     async def test_get_batch_of_an_unknown_batch_is_none(self, ledger: Any) -> None:
         assert await ledger.get_batch("nope") is None
@@ -325,12 +288,19 @@ class LedgerContract(LedgerSuite):
         assert await ledger.chunks("b-1") == []
         await ledger.save_chunks([])  # nothing to do is fine
 
-    async def test_concurrent_saves_all_land(self, ledger: Any) -> None:
+    async def test_concurrent_saves_through_two_handles_all_land(
+        self, ledger: Any, replica: Any
+    ) -> None:
         await ledger.start_batch(make_message("b-1"))
 
-        await asyncio.gather(*(ledger.save_chunks([make_chunk("b-1", str(i))]) for i in range(50)))
+        await asyncio.gather(
+            *(
+                (ledger if i % 2 else replica).save_chunks([make_chunk("b-1", str(i))])
+                for i in range(50)
+            )
+        )
 
-        assert [c.chunk_id for c in await ledger.chunks("b-1")] == [str(i) for i in range(50)]
+        assert [c.chunk_id for c in await replica.chunks("b-1")] == [str(i) for i in range(50)]
 
     # -- leases --------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import pytest
 
 from ..errors import AdapterClosed, LedgerError
 from ..ports import ReplayLog
-from .ledger import LedgerSuite, _aware, make_message
+from .ledger_suite import LedgerSuite, make_message
+from .ledger_suite import aware as _aware
 
 __all__ = ["ReplayLogContract"]
 
