@@ -233,9 +233,9 @@ class GcsSource(BucketSource):
         timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
         retry_budget_s: Duration = Field(120.0, alias="retry_budget", gt=0)
 
-    def __init__(self, name: str = "gcs", options: Options | None = None) -> None:
+    def __init__(self, name: str, options: Options) -> None:
         self.name = name
-        self.options = options or self.Options()
+        self.options = options
         super().__init__(self.options.read_size)
         self._client = _Client(
             project=self.options.project,

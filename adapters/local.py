@@ -41,9 +41,9 @@ class LocalSource(Resource):
     class Options(SourceOptions):
         type: Literal["local"] = "local"
 
-    def __init__(self, name: str = "local", options: Options | None = None) -> None:
+    def __init__(self, name: str, options: Options) -> None:
         self.name = name
-        self.options = options or self.Options()
+        self.options = options
         self._closed = False
 
     def _check_open(self) -> None:

@@ -155,9 +155,9 @@ class S3Source(BucketSource):
         timeout_s: Duration = Field(60.0, alias="timeout", gt=0)
         attempts: int = Field(5, ge=1)  # botocore's own retries of each request
 
-    def __init__(self, name: str = "s3", options: Options | None = None) -> None:
+    def __init__(self, name: str, options: Options) -> None:
         self.name = name
-        self.options = options or self.Options()
+        self.options = options
         super().__init__(self.options.read_size)
         self._client = AwsClient(
             ClientSpec(

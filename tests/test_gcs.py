@@ -57,7 +57,7 @@ async def test_storage_emulator_host_needs_no_configuration(
     bucket.put("batch/part-0.json", b"{}\n")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
 
-    async with GcsSource() as source:
+    async with GcsSource("gcs", GcsSource.Options()) as source:
         listed = await source.list(bucket.uri("batch/"))
 
     assert [o.name for o in listed] == ["part-0.json"]
@@ -69,7 +69,7 @@ async def test_missing_google_credentials_are_a_clear_source_error(
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
 
-    async with GcsSource() as source:
+    async with GcsSource("gcs", GcsSource.Options()) as source:
         with pytest.raises(SourceError, match="no Google credentials found"):
             await source.list("gs://some-bucket/batch/")
         with pytest.raises(SourceError, match="no Google credentials found"):

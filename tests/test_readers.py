@@ -30,6 +30,10 @@ from sender_adapters.local import LocalSource
 SMALL_READS = LocalSource.Options(read_size=4096)
 
 
+def local_source() -> LocalSource:
+    return LocalSource("local", LocalSource.Options())
+
+
 class RangeOnlySource:
     """A LocalSource seen as remote storage: no ``local_path``, so the readers must stream
     (``open``) or seek (``read_range``) as they would on S3 or GCS. Counts what they ask for."""
@@ -105,26 +109,26 @@ async def test_spark_folder_lists_part_files_sorted_and_skips_bookkeeping(tmp_pa
             ".spark-staging/part-00004.json": jsonl([{"n": 4}]),
         },
     )
-    batch = await list_batch(LocalSource(), str(root), require_success=True)
+    batch = await list_batch(local_source(), str(root), require_success=True)
     assert [o.name for o in batch.objects] == [
         "part-00000.json",
         "part-00001.json",
         "part-00002.json",
     ]
     assert batch.has_success and not batch.single_object
-    records, bad = await read_all(LocalSource(), root)
+    records, bad = await read_all(local_source(), root)
     assert records == [{"n": 0}, {"n": 1}, {"n": 2}] and bad == []
 
 
 async def test_folder_without_success_marker_is_refused(tmp_path: Path) -> None:
     root = spark_folder(tmp_path / "batch", {"part-00000.json": jsonl([{"n": 0}])}, success=False)
     with pytest.raises(SourceError, match="_SUCCESS"):
-        await list_batch(LocalSource(), str(root), require_success=True)
+        await list_batch(local_source(), str(root), require_success=True)
 
 
 async def test_folder_without_success_marker_is_read_when_not_required(tmp_path: Path) -> None:
     root = spark_folder(tmp_path / "batch", {"part-00000.json": jsonl([{"n": 0}])}, success=False)
-    batch = await list_batch(LocalSource(), str(root), require_success=False)
+    batch = await list_batch(local_source(), str(root), require_success=False)
     assert [o.name for o in batch.objects] == ["part-00000.json"]
     assert not batch.has_success
 
@@ -132,17 +136,17 @@ async def test_folder_without_success_marker_is_read_when_not_required(tmp_path:
 async def test_folder_with_only_markers_is_refused(tmp_path: Path) -> None:
     root = spark_folder(tmp_path / "batch", {".part-00000.json.crc": b"", "_committed_1": b""})
     with pytest.raises(SourceError, match="no data files"):
-        await list_batch(LocalSource(), str(root), require_success=True)
+        await list_batch(local_source(), str(root), require_success=True)
 
 
 async def test_single_file_uri_is_a_batch_of_that_file_without_marker(tmp_path: Path) -> None:
     file = tmp_path / "scores.jsonl"
     file.write_bytes(jsonl([{"n": 0}, {"n": 1}]))
-    batch = await list_batch(LocalSource(), str(file), require_success=True)
+    batch = await list_batch(local_source(), str(file), require_success=True)
     assert batch.single_object
     assert [o.uri for o in batch.objects] == [str(file)]
     assert batch.objects[0].size == file.stat().st_size
-    assert (await read_all(LocalSource(), file))[0] == [{"n": 0}, {"n": 1}]
+    assert (await read_all(local_source(), file))[0] == [{"n": 0}, {"n": 1}]
 
 
 async def test_file_uris_are_read_like_paths(tmp_path: Path) -> None:
@@ -151,17 +155,17 @@ async def test_file_uris_are_read_like_paths(tmp_path: Path) -> None:
         {"part-00000.json": jsonl([{"n": 0}]), "part-00001.json": jsonl([{"n": 1}])},
     )
     uri = f"file://{root}"
-    batch = await list_batch(LocalSource(), uri, require_success=True)
+    batch = await list_batch(local_source(), uri, require_success=True)
     assert [o.uri for o in batch.objects] == [f"{uri}/part-00000.json", f"{uri}/part-00001.json"]
-    assert (await read_all(LocalSource(), uri))[0] == [{"n": 0}, {"n": 1}]
-    assert (await read_all(LocalSource(), f"file://{root}/part-00001.json"))[0] == [{"n": 1}]
-    assert (await read_all(LocalSource(), uri + "/"))[0] == [{"n": 0}, {"n": 1}]
+    assert (await read_all(local_source(), uri))[0] == [{"n": 0}, {"n": 1}]
+    assert (await read_all(local_source(), f"file://{root}/part-00001.json"))[0] == [{"n": 1}]
+    assert (await read_all(local_source(), uri + "/"))[0] == [{"n": 0}, {"n": 1}]
 
 
 @pytest.mark.parametrize("uri", ["{tmp}/absent", "file://{tmp}/absent", "{tmp}/absent.json"])
 async def test_missing_path_is_a_source_error(tmp_path: Path, uri: str) -> None:
     with pytest.raises(SourceError, match="no such file or directory"):
-        await list_batch(LocalSource(), uri.format(tmp=tmp_path), require_success=False)
+        await list_batch(local_source(), uri.format(tmp=tmp_path), require_success=False)
 
 
 async def test_partition_folders_are_read_in_order(tmp_path: Path) -> None:
@@ -175,20 +179,20 @@ async def test_partition_folders_are_read_in_order(tmp_path: Path) -> None:
             "date=2026-11-26/_SUCCESS": b"",
         },
     )
-    batch = await list_batch(LocalSource(), str(root), require_success=True)
+    batch = await list_batch(local_source(), str(root), require_success=True)
     assert [o.uri.removeprefix(f"{root}/") for o in batch.objects] == [
         "date=2026-11-24/part-00000.json",
         "date=2026-11-24/part-00001.json",
         "date=2026-11-25/part-00000.json",
     ]
-    assert (await read_all(LocalSource(), root))[0] == [{"n": n} for n in range(4)]
+    assert (await read_all(local_source(), root))[0] == [{"n": n} for n in range(4)]
 
 
 async def test_listing_is_the_same_every_time(tmp_path: Path) -> None:
     files = {part_name(i, ".json"): jsonl([{"n": i}]) for i in (7, 3, 11, 0, 5)}
     root = spark_folder(tmp_path / "batch", files)
-    first = await list_batch(LocalSource(), str(root), require_success=True)
-    second = await list_batch(LocalSource(), str(root), require_success=True)
+    first = await list_batch(local_source(), str(root), require_success=True)
+    second = await list_batch(local_source(), str(root), require_success=True)
     assert first == second
     assert [o.name for o in first.objects] == sorted(files)
 
@@ -223,10 +227,10 @@ def test_unknown_file_name_asks_for_the_format_in_the_message() -> None:
 async def test_format_from_the_message_wins_over_the_name(tmp_path: Path) -> None:
     file = tmp_path / "export.txt"
     file.write_bytes(jsonl([{"n": 0}]))
-    assert (await read_all(LocalSource(), file, "jsonl"))[0] == [{"n": 0}]
+    assert (await read_all(local_source(), file, "jsonl"))[0] == [{"n": 0}]
     csv_named_json = tmp_path / "export.json"
     csv_named_json.write_bytes(b"a,b\n1,2\n")
-    assert (await read_all(LocalSource(), csv_named_json, "csv"))[0] == [{"a": "1", "b": "2"}]
+    assert (await read_all(local_source(), csv_named_json, "csv"))[0] == [{"a": "1", "b": "2"}]
 
 
 async def test_each_file_is_read_by_its_own_detected_format(tmp_path: Path) -> None:
@@ -241,7 +245,7 @@ async def test_each_file_is_read_by_its_own_detected_format(tmp_path: Path) -> N
             part_name(2, ".snappy.parquet"): parquet.getvalue(),
         },
     )
-    records, _ = await read_all(LocalSource(), root)
+    records, _ = await read_all(local_source(), root)
     assert records == [{"n": 0}, {"n": "1"}, {"n": 2}, {"n": 3}]
 
 
@@ -265,7 +269,7 @@ async def test_jsonl_records_come_through_in_order_across_read_pieces(tmp_path: 
 async def test_jsonl_without_a_final_newline_keeps_its_last_record(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.json"
     file.write_bytes(b'{"n":0}\n{"n":1}')
-    assert (await read_all(LocalSource(), file))[0] == [{"n": 0}, {"n": 1}]
+    assert (await read_all(local_source(), file))[0] == [{"n": 0}, {"n": 1}]
 
 
 async def test_gzip_jsonl_is_inflated(tmp_path: Path) -> None:
@@ -287,13 +291,13 @@ async def test_multi_member_gzip_is_read_whole(tmp_path: Path) -> None:
 async def test_gzip_is_told_by_its_bytes_not_its_name(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.json"
     file.write_bytes(gzip.compress(jsonl([{"n": 0}])))
-    assert (await read_all(LocalSource(), file))[0] == [{"n": 0}]
+    assert (await read_all(local_source(), file))[0] == [{"n": 0}]
 
 
 async def test_blank_lines_are_dropped_silently(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.json"
     file.write_bytes(b'\n{"n":0}\n\n   \n{"n":1}\r\n\r\n{"n":2}\n\n')
-    assert await read_all(LocalSource(), file) == ([{"n": 0}, {"n": 1}, {"n": 2}], [])
+    assert await read_all(local_source(), file) == ([{"n": 0}, {"n": 1}, {"n": 2}], [])
 
 
 async def test_jsonl_garbage_and_truncated_lines_are_bad_records_with_their_location(
@@ -309,7 +313,7 @@ async def test_jsonl_garbage_and_truncated_lines_are_bad_records_with_their_loca
         b'{"n":3}\n'
         b'{"n":4, "last": tru'  # the file ends mid-object
     )
-    records, bad = await read_all(LocalSource(), file)
+    records, bad = await read_all(local_source(), file)
     assert records == [{"n": 0}, {"n": 1}, {"n": 3}]
     assert [(b.location, b.reason) for b in bad] == [
         ("part-00003.json:2", "not a JSON object"),
@@ -336,7 +340,7 @@ async def test_corrupt_gzip_is_a_source_error_naming_the_file(tmp_path: Path) ->
     file = tmp_path / "part-00007.json.gz"
     file.write_bytes(valid[:10] + os.urandom(2000))  # a valid header, then garbage
     with pytest.raises(SourceError, match=re.escape("part-00007.json.gz: corrupt gzip")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 async def test_truncated_gzip_is_a_source_error_naming_the_file(tmp_path: Path) -> None:
@@ -344,7 +348,7 @@ async def test_truncated_gzip_is_a_source_error_naming_the_file(tmp_path: Path) 
     file = tmp_path / "part-00008.json.gz"
     file.write_bytes(valid[: len(valid) // 2])
     with pytest.raises(SourceError, match=re.escape("part-00008.json.gz: truncated gzip")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 # -- CSV --------------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ async def test_csv_rows_become_records_keyed_by_the_header(
     data = CSV_TEXT.encode()
     file = tmp_path / part_name(0, ".csv.gz" if compressed else ".csv")
     file.write_bytes(gzip.compress(data) if compressed else data)
-    records, bad = await read_all(LocalSource(), file)
+    records, bad = await read_all(local_source(), file)
     assert records == CSV_RECORDS  # BOM gone, quoted newlines kept, blank line dropped
     assert [(b.location, b.reason) for b in bad] == [(f"{file.name}:6", "4 columns, header has 3")]
     assert bad[0].raw == b"3,too,many,columns"
@@ -390,13 +394,13 @@ async def test_large_csv_comes_through_in_order_across_blocks(tmp_path: Path) ->
 async def test_tsv_is_split_on_tabs(tmp_path: Path) -> None:
     file = tmp_path / "scores.tsv"
     file.write_text("a\tb\n1,5\t2\n")
-    assert (await read_all(LocalSource(), file))[0] == [{"a": "1,5", "b": "2"}]
+    assert (await read_all(local_source(), file))[0] == [{"a": "1,5", "b": "2"}]
 
 
 async def test_header_only_csv_has_no_records(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.csv"
     file.write_text("a,b\n")
-    assert await read_all(LocalSource(), file) == ([], [])
+    assert await read_all(local_source(), file) == ([], [])
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated"])
@@ -408,14 +412,14 @@ async def test_damaged_gzip_csv_is_a_source_error_naming_the_file(
     file = tmp_path / "part-00009.csv.gz"
     file.write_bytes(data)
     with pytest.raises(SourceError, match=re.escape("part-00009.csv.gz")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 async def test_csv_that_is_not_utf8_is_a_source_error(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.csv"
     file.write_bytes("name\nJosé\n".encode("latin-1"))
     with pytest.raises(SourceError, match=re.escape("part-00000.csv: unreadable CSV")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 # -- Parquet ----------------------------------------------------------------------------------
@@ -445,7 +449,7 @@ async def test_parquet_with_nested_struct_and_several_row_groups_reads_in_order(
     table = parquet_table(40_000)
     file = write_parquet(tmp_path / part_name(0, ".snappy.parquet"), table, 7_000)
     assert pq.ParquetFile(file).num_row_groups == 6
-    records, bad = await read_all(LocalSource(), file)
+    records, bad = await read_all(local_source(), file)
     assert bad == []
     assert records == table.to_pylist()
 
@@ -457,7 +461,7 @@ async def test_spark_folder_of_parquet_parts_reads_every_part(tmp_path: Path) ->
     for i, table in enumerate(tables):
         write_parquet(root / part_name(i, ".snappy.parquet"), table, 30)
     (root / "_SUCCESS").write_bytes(b"")
-    records, _ = await read_all(LocalSource(), root, require_success=True)
+    records, _ = await read_all(local_source(), root, require_success=True)
     assert records == tables[0].to_pylist() + tables[1].to_pylist()
 
 
@@ -465,14 +469,14 @@ async def test_corrupt_parquet_is_a_source_error_naming_the_file(tmp_path: Path)
     file = tmp_path / part_name(0, ".snappy.parquet")
     file.write_bytes(os.urandom(5000))
     with pytest.raises(SourceError, match=re.escape(f"{file.name}: corrupt or unreadable Parquet")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 async def test_truncated_parquet_is_a_source_error(tmp_path: Path) -> None:
     file = write_parquet(tmp_path / "part-00000.parquet", parquet_table(1000), 300)
     file.write_bytes(file.read_bytes()[:-100])
     with pytest.raises(SourceError, match=re.escape("part-00000.parquet")):
-        await read_all(LocalSource(), file)
+        await read_all(local_source(), file)
 
 
 # -- the remote path: no local file, only streams and ranges ----------------------------------
@@ -493,14 +497,14 @@ async def test_remote_jsonl_and_csv_are_streamed(tmp_path: Path) -> None:
     assert read == records + CSV_RECORDS
     assert [b.location for b in bad] == ["part-00001.csv.gz:6"]
     assert remote.opened == ["part-00000.json.gz", "part-00001.csv.gz"]
-    assert await read_all(remote, root) == await read_all(LocalSource(), root)
+    assert await read_all(remote, root) == await read_all(local_source(), root)
 
 
 async def test_remote_parquet_is_read_by_ranges_one_row_group_at_a_time(tmp_path: Path) -> None:
     table = parquet_table(60_000)
     file = write_parquet(tmp_path / "part-00000.snappy.parquet", table, 10_000)
     size = file.stat().st_size
-    remote = RangeOnlySource(LocalSource())
+    remote = RangeOnlySource(local_source())
     records, bad = await read_all(remote, file)
 
     assert (records, bad) == (table.to_pylist(), [])
@@ -514,13 +518,13 @@ async def test_remote_corrupt_parquet_is_a_source_error(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.parquet"
     file.write_bytes(os.urandom(3000))
     with pytest.raises(SourceError, match=re.escape("part-00000.parquet")):
-        await read_all(RangeOnlySource(LocalSource()), file)
+        await read_all(RangeOnlySource(local_source()), file)
 
 
 async def test_seeking_past_the_end_of_a_remote_object_reads_nothing(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.parquet"
     file.write_bytes(b"0123456789")
-    remote = RangeOnlySource(LocalSource())
+    remote = RangeOnlySource(local_source())
     [obj] = await remote.list(str(file))
 
     def read_around() -> tuple[bytes, bytes, bytes]:
@@ -540,10 +544,10 @@ async def test_file_gone_between_listing_and_reading_is_a_source_error(
 ) -> None:
     file = tmp_path / name
     file.write_bytes(b"x")
-    batch = await list_batch(LocalSource(), str(file), require_success=False)
+    batch = await list_batch(local_source(), str(file), require_success=False)
     file.unlink()
     with pytest.raises(SourceError, match=re.escape(f"{name}: cannot open")):
-        async for _ in read_records(LocalSource(), batch.objects, None):
+        async for _ in read_records(local_source(), batch.objects, None):
             pass
 
 
@@ -625,7 +629,7 @@ async def count_with_peak(source: Source, uri: str) -> tuple[int, int]:
 async def test_reading_a_50mb_jsonl_file_never_holds_it_whole(tmp_path: Path) -> None:
     file = tmp_path / "part-00000.json"
     written = write_big_jsonl(file, 50)
-    count, peak = await count_with_peak(LocalSource(), str(file))
+    count, peak = await count_with_peak(local_source(), str(file))
     assert count == written
     assert peak < 20 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
 
@@ -638,6 +642,6 @@ async def test_reading_a_50mb_gzip_jsonl_file_never_holds_it_whole(tmp_path: Pat
     file = tmp_path / "part-00000.json.gz"
     await asyncio.to_thread(gzip_file, plain, file)
     plain.unlink()
-    count, peak = await count_with_peak(LocalSource(), str(file))
+    count, peak = await count_with_peak(local_source(), str(file))
     assert count == written
     assert peak < 20 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"

@@ -27,7 +27,7 @@ async def test_the_endpoint_comes_from_aws_endpoint_url_like_the_aws_tools(
     bucket.put("batch/part-0.json", b"{}\n")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint_url)
 
-    async with S3Source() as source:
+    async with S3Source("s3", S3Source.Options()) as source:
         listed = await source.list(bucket.uri("batch/"))
 
     assert [o.name for o in listed] == ["part-0.json"]
