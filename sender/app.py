@@ -13,11 +13,11 @@ from .engine import Engine
 from .hooks import Hooks
 from .metered_ledger import metered
 from .metrics import Metrics
-from .ports import Ledger, Source
+from .ports import Checkable, Destination, Ledger, LedgerBound, Source, Trigger
 from .registry import ledger_class
 from .targets import Target
 
-__all__ = ["App", "open_ledger"]
+__all__ = ["App", "checkable_dead_letters", "open_ledger", "open_trigger"]
 
 
 def open_ledger(url: str) -> Ledger:
@@ -79,3 +79,25 @@ class App:
             self._stack.push_async_callback(source.aclose)
             self._sources[section.name] = source
         return source
+
+
+def open_trigger(config: AppConfig, ledger: Ledger | None = None) -> Trigger:
+    """The configured trigger, not yet used; bound to ``ledger`` (the daemon's) when given.
+
+    A ``LedgerBound`` trigger gets ``bind(ledger, daemon)`` called here: the ``http`` trigger
+    keeps its inbox in the ledger, and without one (``sender trigger``) POSTs to the daemon at
+    ``daemon.listen``.
+    """
+    trigger = config.trigger.build()
+    if isinstance(trigger, LedgerBound):
+        trigger.bind(ledger, config.daemon)
+    return trigger
+
+
+def checkable_dead_letters(app: App) -> list[tuple[str, Checkable]]:
+    """The dead-letter stores that can say whether they take chunks now (``/readyz``)."""
+    names = {app.config.dead_letter_of(route) for route in app.config.routes}
+    stores: list[tuple[str, Destination]] = [
+        (name, app.targets[name].destination) for name in sorted(names)
+    ]
+    return [(name, store) for name, store in stores if isinstance(store, Checkable)]

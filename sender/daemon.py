@@ -18,8 +18,8 @@
   second signal stops waiting for the grace period: what is in flight is cancelled (and
   recorded, and its messages released), exit code 1.
 
-``serve(config)`` is ``sender run``; ``open_daemon(config)`` builds the same daemon for tests
-and embedding (``async with open_daemon(config) as daemon: await daemon.run()``).
+``sender.service`` builds a daemon from a config (``open_daemon``) and runs it (``serve``,
+which is ``sender run``).
 """
 
 from __future__ import annotations
@@ -29,74 +29,27 @@ import contextlib
 import signal
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from .app import App
-from .config import AppConfig
+from .app import App, checkable_dead_letters, open_trigger
 from .control import ControlServer
 from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
-from .hooks import Hooks, MultiHooks
-from .live import LiveStatus
 from .log import get_logger
-from .metrics import Metrics
 from .model import BatchState, TriggerMessage, parse_trigger_message
 from .ports import (
-    Checkable,
-    Destination,
     Envelope,
-    Ledger,
-    LedgerBound,
     PendingCount,
-    TokenAccepting,
     Trigger,
 )
-from .statusdata import StatusSource
-from .statuspage import StatusPage
-from .systemd import SystemdNotifier
+from .settlement import RunningBatch, Settlement, Settlements, Verb
 
-__all__ = ["Daemon", "Settlement", "open_daemon", "open_trigger", "serve"]
+__all__ = ["Daemon", "Settlement", "open_trigger"]
 
 log = get_logger("sender.daemon")
-
-_SETTLED = {"ack": "acked", "reject": "rejected", "release": "released"}
 
 _RETRY_DELAY_S = (1.0, 5.0, 15.0, 60.0)  # before giving back a batch that could not finish
 _REOPEN_DELAY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # before opening a failed message stream again
 _BURST_IDLE_S = 1.0
-
-
-def open_trigger(config: AppConfig, ledger: Ledger | None = None) -> Trigger:
-    """The configured trigger, not yet used; bound to ``ledger`` (the daemon's) when given.
-
-    A ``LedgerBound`` trigger gets ``bind(ledger, daemon)`` called here: the ``http`` trigger
-    keeps its inbox in the ledger, and without one (``sender trigger``) POSTs to the daemon at
-    ``daemon.listen``.
-    """
-    trigger = config.trigger.build()
-    if isinstance(trigger, LedgerBound):
-        trigger.bind(ledger, config.daemon)
-    return trigger
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """How the daemon settled one message (kept in ``Daemon.settled``, in order)."""
-
-    message_id: str
-    batch_id: str | None  # None for a message that was not a valid trigger
-    verb: str  # "ack", "reject" or "release"
-    ok: bool  # False when the broker refused it (it redelivers the message then)
-
-
-@dataclass(eq=False)
-class _Running:
-    """A batch running here, with every copy of its trigger message taken meanwhile."""
-
-    message: TriggerMessage
-    envelopes: list[Envelope] = field(default_factory=list)
 
 
 class Daemon:
@@ -115,21 +68,23 @@ class Daemon:
                 f"trigger.type: a {self.config.trigger.type} trigger cannot tell when its queue "
                 "is empty (it has no pending()): sender run --burst needs one that can"
             )
-        self._dead_letter_checks = _checkable_dead_letters(app)
+        self._dead_letter_checks = checkable_dead_letters(app)
         self.stopping = asyncio.Event()
         self._forced = asyncio.Event()  # a second stop request: stop waiting for the grace
         self.problem: str | None = None  # set while batches cannot finish (dead-letter down)
         self.trigger_problem: str | None = None  # set while the message stream fails
         self.control: ControlServer | None = None  # set by open_daemon
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RunningBatch] = {}
         self._slots = asyncio.Semaphore(self.config.daemon.max_batches)
         self._tasks: set[asyncio.Task[None]] = set()
         self._failures = 0
-        # the latest settlements, for tests and embedding (bounded: the daemon runs for months)
-        self.settled: deque[Settlement] = deque(maxlen=1000)
-        self.settled_total = 0
-        self._settled_changed = asyncio.Condition()
+        self.settlements = Settlements(app.metrics, lease_s=self.config.daemon.lease_s)
         self.engine = app.engine
+
+    @property
+    def settled(self) -> deque[Settlement]:
+        """The latest settlements (up to 1000), oldest first."""
+        return self.settlements.latest
 
     @property
     def active(self) -> set[str]:
@@ -168,9 +123,7 @@ class Daemon:
     async def wait_settled(self, count: int = 1) -> list[Settlement]:
         """Wait until at least ``count`` messages were settled since start; return the
         latest settlements (up to 1000), oldest first."""
-        async with self._settled_changed:
-            await self._settled_changed.wait_for(lambda: self.settled_total >= count)
-        return list(self.settled)
+        return await self.settlements.wait(count)
 
     async def accept(self, message: TriggerMessage) -> None:
         """A message that came over HTTP: check it, then queue it on the trigger."""
@@ -281,7 +234,7 @@ class Daemon:
                     self.trigger_problem = None
                     if self.stopping.is_set():
                         self._slots.release()
-                        await self._settle_quietly(envelope, "release")
+                        await self.settlements.settle(envelope, "release")
                         return
                     self._start(envelope)
                 elif not done and await self._burst_done():
@@ -298,7 +251,7 @@ class Daemon:
             await pending
         self._slots.release()
         if pending.done() and not pending.cancelled() and pending.exception() is None:
-            await self._settle_quietly(pending.result(), "release")
+            await self.settlements.settle(pending.result(), "release")
 
     def _start(self, envelope: Envelope) -> None:
         task = asyncio.create_task(self._handle(envelope))
@@ -368,7 +321,7 @@ class Daemon:
                     reason=str(exc),
                     body=envelope.body[:500].decode("utf-8", "replace"),
                 )
-                await self._settle_quietly(envelope, "reject", str(exc))
+                await self.settlements.settle(envelope, "reject", str(exc))
                 return
             running = self._running.get(message.batch_id)
             if running is not None:
@@ -382,13 +335,13 @@ class Daemon:
                     message_id=envelope.message_id,
                 )
                 return
-            running = _Running(message, [envelope])
+            running = RunningBatch(message, [envelope])
             self._running[message.batch_id] = running
             await self._run(running)
         finally:
             self._slots.release()
 
-    async def _run(self, running: _Running) -> None:
+    async def _run(self, running: RunningBatch) -> None:
         message = running.message
         log.info(
             "trigger.received",
@@ -397,7 +350,7 @@ class Daemon:
             message_id=running.envelopes[0].message_id,
         )
         # the leases are kept until the messages are settled, a give-back's pause included
-        extender = asyncio.create_task(self._keep_leases(running))
+        extender = asyncio.create_task(self.settlements.keep_leases(running))
         try:
             await self._run_and_settle(running)
         finally:
@@ -405,7 +358,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await extender
 
-    async def _run_and_settle(self, running: _Running) -> None:
+    async def _run_and_settle(self, running: RunningBatch) -> None:
         batch_id = running.message.batch_id
         try:
             outcome = await self.engine.run_batch(running.message, stop=self.stopping)
@@ -440,7 +393,7 @@ class Daemon:
                 self.problem = f"batch {batch_id} incomplete: {outcome.error}"
             await self._give_back(running)
 
-    async def _give_back(self, running: _Running) -> None:
+    async def _give_back(self, running: RunningBatch) -> None:
         """Release a batch's messages; wait a little first so that a batch that cannot
         progress (dead-letter store down) does not spin."""
         if not self.stopping.is_set():
@@ -450,121 +403,8 @@ class Daemon:
         await self._settle_all(running, "release")
         log.info("trigger.released", batch_id=running.message.batch_id)
 
-    async def _settle_all(self, running: _Running, verb: str, reason: str = "") -> None:
+    async def _settle_all(self, running: RunningBatch, verb: Verb, reason: str = "") -> None:
         # unregistered first: a copy taken from now on starts the batch afresh (and finds it
         # complete in the ledger), rather than joining a batch that is over
-        batch_id = running.message.batch_id
-        self._running.pop(batch_id, None)
-        for envelope in running.envelopes:
-            await self._settle_quietly(envelope, verb, reason, batch_id)
-
-    async def _settle_quietly(
-        self, envelope: Envelope, verb: str, reason: str = "", batch_id: str | None = None
-    ) -> None:
-        """Settle one message; a failure (the broker went away) is logged: the broker then
-        redelivers the message, and the ledger makes the redelivery harmless."""
-        ok = True
-        try:
-            if verb == "ack":
-                await envelope.ack()
-            elif verb == "reject":
-                await envelope.reject(reason)
-            else:
-                await envelope.release()
-        except Exception as exc:
-            ok = False
-            log.warning(
-                "trigger.settle_failed", message_id=envelope.message_id, verb=verb, error=str(exc)
-            )
-        if ok:
-            self.metrics.trigger_message(_SETTLED[verb])
-        async with self._settled_changed:
-            self.settled.append(Settlement(envelope.message_id, batch_id, verb, ok))
-            self.settled_total += 1
-            self._settled_changed.notify_all()
-
-    async def _keep_leases(self, running: _Running) -> None:
-        lease_s = self.config.daemon.lease_s
-        while True:
-            await asyncio.sleep(max(0.5, lease_s / 3))
-            for envelope in list(running.envelopes):
-                try:
-                    await envelope.extend(lease_s)
-                except SenderError as exc:
-                    log.warning(
-                        "trigger.extend_failed", message_id=envelope.message_id, error=str(exc)
-                    )
-
-
-def _checkable_dead_letters(app: App) -> list[tuple[str, Checkable]]:
-    """The dead-letter stores that can say whether they take chunks now (``/readyz``)."""
-    names = {app.config.dead_letter_of(route) for route in app.config.routes}
-    stores: list[tuple[str, Destination]] = [
-        (name, app.targets[name].destination) for name in sorted(names)
-    ]
-    return [(name, store) for name, store in stores if isinstance(store, Checkable)]
-
-
-@contextlib.asynccontextmanager
-async def open_daemon(
-    config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None
-) -> AsyncIterator[Daemon]:
-    """The app, trigger, control server and daemon of ``config``, closed in reverse order on
-    exit. ``daemon.control.port`` is the control server's port (useful with ``:0``)."""
-    # every daemon exports its metrics (/metrics), on a registry of its own, from the engine's
-    # hooks and its targets
-    metrics = Metrics(CollectorRegistry())
-    # and its status page from them too
-    live = LiveStatus()
-    engine_hooks = MultiHooks([metrics.hooks(), live, *([hooks] if hooks is not None else [])])
-    async with contextlib.AsyncExitStack() as stack:
-        app = await stack.enter_async_context(App(config, hooks=engine_hooks, metrics=metrics))
-        trigger = open_trigger(config, app.ledger)
-        stack.push_async_callback(trigger.aclose)
-        daemon = Daemon(app, trigger, burst=burst)
-        token = config.daemon.token.get_secret_value() if config.daemon.token else None
-        source = StatusSource(
-            config, app.ledger, app.targets, live, lambda: daemon.active, daemon.readiness
-        )
-        control = ControlServer(
-            app.ledger,
-            readiness=daemon.readiness,
-            accept=daemon.accept,
-            token=token,
-            accept_token=trigger.accept_token if isinstance(trigger, TokenAccepting) else None,
-            registry=metrics.registry,
-            page=StatusPage(source, token),
-        )
-        stack.push_async_callback(control.stop)
-        try:
-            await control.start(config.daemon.host, config.daemon.port)
-        except OSError as exc:
-            raise ConfigError(
-                f"daemon.listen: cannot listen on {config.daemon.listen}: {exc.strerror or exc}"
-            ) from exc
-        daemon.control = control
-        yield daemon
-
-
-async def serve(config: AppConfig, *, burst: bool = False, hooks: Hooks | None = None) -> int:
-    """``sender run``: open everything from the config, serve until stopped, close in reverse.
-
-    Under systemd (``NOTIFY_SOCKET``) the daemon reports
-    READY=1 once ready, pings the watchdog, and says STOPPING=1 when it drains."""
-    notifier = SystemdNotifier()
-    async with open_daemon(config, burst=burst, hooks=hooks) as daemon:
-        supervisor = asyncio.create_task(
-            notifier.supervise(
-                daemon.readiness,
-                daemon.stopping,
-                status=lambda: f"{len(daemon.active)} batches in flight",
-            )
-        )
-        try:
-            return await daemon.run()
-        finally:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-            notifier.close()
-    raise AssertionError("unreachable")
+        self._running.pop(running.message.batch_id, None)
+        await self.settlements.settle_all(running, verb, reason)

@@ -150,7 +150,7 @@ async def run_demo(
 async def _run_daemon(config: AppConfig, serve_s: float) -> None:
     """Until the queue is empty; with ``serve_s``, until the batch settled and ``serve_s``
     more seconds passed (or the daemon was stopped)."""
-    from .daemon import open_daemon, serve
+    from .service import open_daemon, serve
 
     if not serve_s:
         await serve(config, burst=True)

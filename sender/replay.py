@@ -168,7 +168,7 @@ class Selection:
 
     def describe(self) -> str:
         """The selectors as the command line spells them."""
-        from .status import describe_selectors
+        from .replay_views import describe_selectors
 
         return describe_selectors(self.to_dict())
 

@@ -1,25 +1,23 @@
-"""What on-call reads: batches, chunks, replays and dead letters as rich renderables that fit
-an 80-column terminal (long values wrap inside their column, never past the edge)."""
+"""What on-call reads about batches: the batch list, one batch's routes, chunks, targets
+and reconciliation, and a send's outcome, as rich renderables that fit an 80-column terminal
+(long values wrap inside their column, never past the edge). Replays and dead letters are in
+``sender.replay_views``."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.padding import Padding
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from . import render
 from .engine import SPLIT_TARGET
 from .model import BatchState, ChunkState
 from .ports import BatchRecord, ChunkRecord, RouteStats
+from .replay_views import replay_history
 from .serialize import duration_s
 from .units import format_size, parse_duration
 
@@ -28,31 +26,12 @@ __all__ = [
     "batch_filters",
     "batch_table",
     "chunk_table",
-    "dead_letter_list",
-    "describe_selectors",
-    "display_path",
     "outcome_table",
-    "reconciliation_line",
-    "replay_history",
-    "replay_summary",
-    "replay_table",
     "run_duration",
     "target_usage",
 ]
 
-_STATE_STYLE = {
-    BatchState.COMPLETE: "green",
-    BatchState.RUNNING: "cyan",
-    BatchState.INCOMPLETE: "yellow",
-    BatchState.FAILED: "red",
-    ChunkState.DELIVERED: "green",
-    ChunkState.DEAD_LETTERED: "red",
-    ChunkState.SKIPPED: "yellow",
-    ChunkState.FAILED: "red",
-    ChunkState.PENDING: "cyan",
-}
 
-# above this many chunks, `status BATCH` lists only those worth a look (unless asked for all)
 _MANY_CHUNKS = 12
 
 
@@ -76,35 +55,6 @@ def batch_filters(
     if since:
         filters["since"] = datetime.now(UTC) - timedelta(seconds=parse_duration(since))
     return filters
-
-
-def _table() -> Table:
-    # no borders, one space between columns: the most data an 80-column terminal can hold
-    return Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
-
-
-def _state(state: BatchState | ChunkState | str) -> Text:
-    value = state.value if isinstance(state, BatchState | ChunkState) else state
-    style = _STATE_STYLE.get(state, "") if not isinstance(state, str) else ""
-    return Text(value.replace("_", "-"), style=style)
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    local = value.astimezone()
-    today = datetime.now(local.tzinfo).date()
-    return local.strftime("%H:%M:%S" if local.date() == today else "%m-%d %H:%M")
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    if value < 3600:
-        return f"{int(value // 60)}m{int(value % 60):02d}s"
-    return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
 
 
 def run_duration(record: BatchRecord, replays: Sequence[Mapping[str, Any]] = ()) -> float | None:
@@ -142,7 +92,7 @@ def batch_table(
 ) -> RenderableType:
     """Recent batches, one line each. ``usage`` (by batch id, from ``target_usage``) adds the
     chunks delivered by primaries and by fallbacks."""
-    table = _table()
+    table = render.table()
     columns: list[tuple[str, str]] = [
         ("batch", "left"),
         ("dataset", "left"),
@@ -167,7 +117,7 @@ def batch_table(
         row: list[Text | str] = [
             record.batch_id,
             record.dataset,
-            _state(record.state),
+            render.state_text(record.state),
             f"{totals.read:,}",
             f"{totals.delivered:,}",
             Text(f"{totals.dead_lettered:,}", style="red" if totals.dead_lettered else ""),
@@ -178,7 +128,7 @@ def batch_table(
             used = usage.get(record.batch_id) or {}
             row.append(f"{used.get('primary', 0)}+{used.get('fallback', 0)}")
             took = used.get("duration_s", took)
-        row += [_when(record.started_at), _seconds(took)]
+        row += [render.when(record.started_at), render.seconds(took)]
         table.add_row(*row)
     if usage is None:
         return table
@@ -188,20 +138,10 @@ def batch_table(
     return Group(table, legend)
 
 
-def reconciliation_line(stats: RouteStats) -> Text:
-    balanced = stats.reconciled
-    text = Text(
-        f"read {stats.read:,} = delivered {stats.delivered:,} + dead-lettered "
-        f"{stats.dead_lettered:,} + rejected {stats.rejected:,}"
-    )
-    text.append("  ✓" if balanced else "  ✗ (not yet reconciled)", "green" if balanced else "red")
-    return text
-
-
 def chunk_table(chunks: Sequence[ChunkRecord], *, route_column: bool = False) -> Table:
     """Chunks: state, records, the target that holds each, attempts and the full
     ``Idempotency-Key`` (what the receiving team greps for)."""
-    table = _table()
+    table = render.table()
     columns: list[tuple[str, str]] = [("chunk", "right")]
     if route_column:
         columns.insert(0, ("route", "left"))
@@ -224,7 +164,7 @@ def chunk_table(chunks: Sequence[ChunkRecord], *, route_column: bool = False) ->
         if route_column:
             row.insert(0, chunk.route)
         row += [
-            _state(chunk.state),
+            render.state_text(chunk.state),
             f"{chunk.records:,}",
             chunk.target or "-",
             str(chunk.attempts),
@@ -235,7 +175,7 @@ def chunk_table(chunks: Sequence[ChunkRecord], *, route_column: bool = False) ->
 
 
 def outcome_table(routes: dict[str, RouteStats], targets: dict[str, int] | None = None) -> Table:
-    table = _table()
+    table = render.table()
     for column in ("route", "read", "delivered", "dead-lettered", "rejected", "chunks"):
         table.add_column(column, justify="left" if column == "route" else "right")
     for name, stats in routes.items():
@@ -259,51 +199,6 @@ def _noteworthy(chunk: ChunkRecord, primaries: Mapping[str, str]) -> bool:
     )
 
 
-def _block(text: str, indent: int = 4, style: str = "") -> Padding:
-    """Text indented as a block: its wrapped lines keep the indent."""
-    return Padding(Text(text, style=style), (0, 0, 0, indent), expand=False)
-
-
-class _PathBlock:
-    """A path, indented, broken only after a ``/`` when it does not fit on one line (a single
-    name longer than a line is folded): no file name is cut in the middle, and the lines put
-    back together are the path. With a ``label`` the path starts on the label's line and
-    the lines after it are indented by the label's width."""
-
-    def __init__(self, path: str, indent: int = 4, style: str = "", label: str = "") -> None:
-        self.path = path
-        self.indent = cell_len(label) if label else indent
-        self.style = style
-        self.label = label
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = max(8, options.max_width - self.indent)
-        lines: list[str] = []
-        line = ""
-        for part in re.split(r"(?<=/)", self.path):  # each part keeps its trailing "/"
-            if line and cell_len(line) + cell_len(part) > width:
-                lines.append(line)
-                line = ""
-            line += part
-        lines.append(line)
-        for number, text in enumerate(lines):
-            if number == 0 and self.label:
-                yield Text.assemble(self.label, (text, self.style))
-            else:
-                yield _block(text, self.indent, self.style)
-
-
-def display_path(location: str) -> str:
-    """A local file under the working folder as a relative path (what on-call types, and
-    short enough for one 80-column line); anything else as it is."""
-    if "://" in location and not location.startswith("file://"):
-        return location
-    path = Path(os.path.normpath(location.removeprefix("file://")))
-    with contextlib.suppress(ValueError, OSError):
-        return str(path.relative_to(Path.cwd()))
-    return str(path)
-
-
 def _chunk_notes(
     chunks: Sequence[ChunkRecord],
     kept: Mapping[tuple[str, str], str],
@@ -319,65 +214,17 @@ def _chunk_notes(
         label = "rejects" if chunk.kind != "data" else "chunk"
         notes.append(Text(f"  {label} {chunk.chunk_id}", style="bold"))
         if chunk.last_error:
-            notes.append(_block(f"error: {chunk.last_error}", style="red"))
+            notes.append(render.block(f"error: {chunk.last_error}", style="red"))
         if dead:
-            notes.append(_block("dead letter:"))
-            notes.append(_PathBlock(display_path(dead)))
+            notes.append(render.block("dead letter:"))
+            notes.append(render.PathBlock(render.display_path(dead)))
         if replayed:
             fate = "purged" if replayed in purged else "kept"
-            notes.append(_block(f"dead letter ({fate}; delivered by a replay since):"))
-            notes.append(_PathBlock(display_path(replayed)))
-            notes.append(_block("now at:"))
-            notes.append(_PathBlock(display_path(chunk.location or "-")))
+            notes.append(render.block(f"dead letter ({fate}; delivered by a replay since):"))
+            notes.append(render.PathBlock(render.display_path(replayed)))
+            notes.append(render.block("now at:"))
+            notes.append(render.PathBlock(render.display_path(chunk.location or "-")))
     return notes
-
-
-def describe_selectors(selectors: Mapping[str, Any]) -> str:
-    """Recorded selectors as the command line spells them: ``--chunks 3,7-9 --to inbox``."""
-    mode = selectors.get("mode") or "dead-lettered"
-    words = [f"--chunks {selectors.get('chunks')}" if mode == "chunks" else f"--{mode}"]
-    words += [f"--route {r}" for r in selectors.get("routes") or ()]
-    for key in ("to", "rate"):
-        if selectors.get(key):
-            words.append(f"--{key} {selectors[key]}")
-    words += [f"--{k.replace('_', '-')}" for k in ("dry_run", "force") if selectors.get(k)]
-    return " ".join(words)
-
-
-def _replay_result(outcome: Mapping[str, Any]) -> Text:
-    result = str(outcome.get("result", "?"))
-    if result == "refused":
-        return Text(f"refused: {outcome.get('refused') or ''}", style="red")
-    style = "green" if result == "delivered" else "yellow" if "dry" in result else "red"
-    text = Text(result, style=style)
-    selected = outcome.get("selected", 0)
-    if selected:
-        done = outcome.get("delivered", 0)
-        text.append(f" {done}/{selected} chunks" if "dry" not in result else f" {selected} chunks")
-    return text
-
-
-def replay_history(replays: Sequence[Mapping[str, Any]]) -> Table:
-    """Every replay of a batch: when, who, selectors, result."""
-    table = _table()
-    table.add_column("when", no_wrap=True)
-    table.add_column("who", overflow="fold")
-    table.add_column("selectors", overflow="fold")
-    table.add_column("result", overflow="fold")
-    for replay in replays:
-        at = replay.get("at")
-        when = _when(at) if isinstance(at, datetime) else str(at or "-")
-        table.add_row(
-            when,
-            str(replay.get("who", "?")),
-            describe_selectors(replay.get("selectors") or {}),
-            _replay_result(replay.get("outcome") or {}),
-        )
-    return table
-
-
-def _records(n: int) -> str:
-    return f"{n:,} record{'' if n == 1 else 's'}"
 
 
 def _preview_line(batch_id: str, preview: Mapping[str, Any]) -> Text:
@@ -419,18 +266,18 @@ def batch_detail(
         ("batch ", "bold"),
         record.batch_id,
         "  ",
-        _state(record.state),
+        render.state_text(record.state),
         f"  dataset {record.dataset}  runs {record.runs}",
     )
-    lines: list[RenderableType] = [head, _PathBlock(record.uri, label="source  ")]
+    lines: list[RenderableType] = [head, render.PathBlock(record.uri, label="source  ")]
     lease = "free"
     now = datetime.now(UTC)
     if record.lease_owner and (record.lease_expires is None or record.lease_expires > now):
         lease = f"held by {record.lease_owner}"
     lines.append(
         Text(
-            f"started {_when(record.started_at)}  "
-            f"took {_seconds(run_duration(record, replays or ()))}  "
+            f"started {render.when(record.started_at)}  "
+            f"took {render.seconds(run_duration(record, replays or ()))}  "
             f"lease {lease}"
         )
     )
@@ -457,7 +304,7 @@ def batch_detail(
         route_chunks = [c for c in chunks if c.route == name]
         lines.append(Text(f"route {name}", style="bold"))
         if name in record.routes:
-            lines.append(Text.assemble("  ", reconciliation_line(record.routes[name])))
+            lines.append(Text.assemble("  ", render.reconciliation_line(record.routes[name])))
         if only is not None:
             shown = [c for c in route_chunks if only(c)]
         elif all_chunks or len(route_chunks) <= _MANY_CHUNKS:
@@ -480,116 +327,4 @@ def batch_detail(
     if replays:
         lines.append(Text("replays", style="bold"))
         lines.append(replay_history(replays))
-    return Group(*lines)
-
-
-# -- replay ------------------------------------------------------------------------------
-
-
-def replay_table(items: Sequence[Any]) -> Table:
-    """The chunks of a replay (``ReplayItem``): records, bytes on the wire, target, result."""
-    table = _table()
-    for column, justify in (
-        ("route", "left"),
-        ("chunk", "right"),
-        ("recs", "right"),
-        ("bytes", "right"),
-        ("from", "left"),
-        ("target", "left"),
-        ("try", "right"),
-        ("result", "left"),
-    ):
-        table.add_column(
-            column,
-            justify=justify,  # type: ignore[arg-type]
-            overflow="fold",
-            no_wrap=column in ("chunk", "recs", "bytes", "try"),
-        )
-    for item in items:
-        style = {"delivered": "green", "failed": "red", "would send": "yellow"}.get(item.state, "")
-        table.add_row(
-            item.route,
-            item.chunk_id,
-            f"{item.before.records:,}",
-            format_size(item.wire_size) if item.wire_size else "-",
-            {"source": "source", "stored copy": "stored"}.get(item.origin, "-"),
-            item.target,
-            str(item.attempts) if item.attempts else "-",
-            Text(item.state, style=style),
-        )
-    return table
-
-
-def replay_summary(report: Any) -> RenderableType:
-    """After a replay: the table, errors, what was sent and the reconciliation now."""
-    items = report.items
-    lines: list[RenderableType] = []
-    if not items:
-        what = describe_selectors(report.selection.to_dict())
-        lines.append(Text(f"nothing to replay: no chunk of {report.batch_id} matches {what}"))
-        return Group(*lines)
-    lines.append(replay_table(items))
-    for item in items:
-        if item.error or item.note:
-            lines.append(Text(f"  chunk {item.chunk_id} ({item.route})", style="bold"))
-            if item.note:
-                lines.append(_block(f"note: {item.note}", style="yellow"))
-            if item.error:
-                lines.append(_block(f"error: {item.error}", style="red"))
-    records = sum(i.before.records for i in items)
-    if report.selection.dry_run:
-        ready = sum(i.state == "would send" for i in items)
-        lines.append(
-            Text(
-                f"dry run: {ready} of {len(items)} chunks ({records:,} records) would be sent; "
-                "nothing was sent",
-                style="yellow" if ready == len(items) else "red",
-            )
-        )
-    else:
-        done = len(report.delivered)
-        lines.append(
-            Text(
-                f"delivered {done} of {len(items)} chunks ({records:,} records selected) "
-                f"in {_seconds(report.duration_s)}",
-                style="green" if report.ok else "red",
-            )
-        )
-    lines.append(Text(f"source: {report.source}", style="dim"))
-    lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
-    for name, stats in report.routes.items():
-        lines.append(Text(f"route {name}", style="bold"))
-        lines.append(Text.assemble("  ", reconciliation_line(stats)))
-    if any(i.dead_letter and i.state == "delivered" for i in items):
-        lines.append(
-            Text(
-                "dead-letter files are kept: `sender dead-letters --batch "
-                f"{report.batch_id} --purge` deletes those of delivered chunks",
-                style="dim",
-            )
-        )
-    return Group(*lines)
-
-
-# -- dead letters ------------------------------------------------------------------------
-
-
-def dead_letter_list(entries: Sequence[Mapping[str, Any]]) -> RenderableType:
-    """Dead-lettered chunks (and kept files of chunks a replay delivered since), each with
-    its reason and where the file is."""
-    lines: list[RenderableType] = []
-    for entry in entries:
-        kind = "rejects" if entry["kind"] != "data" else "chunk"
-        state = entry["state"]
-        head = Text.assemble(
-            (entry["batch_id"], "bold"),
-            f"  {entry['route']}  {kind} {entry['chunk']}  {_records(entry['records'])}  ",
-            (state, "red" if state == "dead-lettered" else "green"),
-        )
-        lines.append(head)
-        if entry.get("reason"):
-            lines.append(_block(f"reason: {entry['reason']}", 2, "red"))
-        where = display_path(entry.get("location") or "-")
-        missing = "  (missing!)" if entry.get("exists") is False else ""
-        lines.append(_PathBlock(where + missing, 2))
     return Group(*lines)

@@ -33,8 +33,9 @@ import orjson
 import pytest
 
 from sender.config import load_config
-from sender.daemon import Daemon, open_daemon
+from sender.daemon import Daemon
 from sender.model import BatchState, TriggerMessage, idempotency_key
+from sender.service import open_daemon
 from sender.testing.receiver import Receiver
 from sender_adapters.sqlite import SqliteLedger
 from tests.batches import write_batch

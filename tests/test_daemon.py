@@ -19,9 +19,10 @@ import pytest
 
 from sender.app import App
 from sender.config import load_config
-from sender.daemon import Daemon, open_daemon, serve
+from sender.daemon import Daemon
 from sender.errors import ConfigError, TriggerError
 from sender.model import BatchState, TriggerMessage
+from sender.service import open_daemon, serve
 from sender.testing.receiver import Receiver
 from sender_adapters.memory import MemoryEnvelope, MemoryTrigger
 from tests.brokers import (

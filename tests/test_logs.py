@@ -99,10 +99,11 @@ def test_the_flag_then_the_config_choose_the_format(
 _RUN_AND_LOG = """
 import sys
 from sender import cli
+from sender.commands._common import log_format
 from sender.config import load_config
 from sender.log import configure_logging, get_logger
 args = cli._parser().parse_args([*sys.argv[2:], "run", "-c", sys.argv[1]])
 config = load_config(args.config)
-configure_logging(config.daemon.log_level, log_format=cli._log_format(args, config))
+configure_logging(config.daemon.log_level, log_format=log_format(args, config))
 get_logger("t").info("page.test_event", answer=42)
 """

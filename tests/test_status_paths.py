@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from sender.status import dead_letter_list
+from sender.replay_views import dead_letter_list
 
 LOCATION = (
     "/srv/sender/var/dead-letter/churn/churn-2026-11-24/churn_to_scores/"

@@ -95,7 +95,9 @@ async def _purge(
 
 async def cmd_dead_letters(args: argparse.Namespace) -> int:
     from ..app import open_ledger
-    from ..status import batch_filters, dead_letter_list, display_path
+    from ..render import display_path
+    from ..replay_views import dead_letter_list
+    from ..status import batch_filters
 
     out, err = console.out, console.err
     config = load(args)

@@ -49,7 +49,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     from ..app import App
     from ..progress import ReplayProgress
     from ..replay import Replayer, ReplayHooks
-    from ..status import replay_summary
+    from ..replay_views import replay_summary
 
     out, err = console.out, console.err
     config = load(args)

@@ -18,7 +18,7 @@ __all__ = ["cmd_run", "cmd_send", "cmd_trigger", "derive_batch_id", "register"]
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from ..daemon import serve
+    from ..service import serve
 
     config = load(args)
     configure_logging(config.daemon.log_level, log_format=log_format(args, config))
@@ -65,7 +65,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 outcome = await app.engine.run_batch(message)
         else:
             outcome = await app.engine.run_batch(message)
-    from ..status import outcome_table, reconciliation_line
+    from ..render import reconciliation_line
+    from ..status import outcome_table
 
     if args.json:
         print_json(

@@ -13,8 +13,8 @@ import pytest
 
 from sender.app import App
 from sender.config import AppConfig
-from sender.daemon import open_daemon
 from sender.model import BatchState
+from sender.service import open_daemon
 from tests.chaos.checks import audit
 from tests.chaos.receiver import ChaosReceiver
 from tests.chaos.scenario import config_text, http_destination, ids, make_batch
