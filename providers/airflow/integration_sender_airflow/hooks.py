@@ -55,17 +55,22 @@ class ControlServer:
         return headers
 
 
+def _split_host(host: str) -> tuple[str | None, str, int | None]:
+    """Scheme, host and port of what was typed as a connection's host: ``sender.internal``,
+    ``sender.internal:8080``, ``https://sender.example``, ``[::1]:8080`` or ``::1``."""
+    try:
+        parsed = urllib.parse.urlsplit(host if "://" in host else f"//{host}")
+        return parsed.scheme or None, parsed.hostname or "", parsed.port
+    except ValueError:  # an IPv6 literal without brackets: no port to split off
+        return None, host, None
+
+
 def control_server(conn: Connection) -> ControlServer:
     """The control server a connection names; a connection that cannot work fails here."""
     conn_id = conn.conn_id
-    host = (conn.host or "").strip()
-    scheme = (conn.schema or "http").strip().lower()
-    if "://" in host:  # a host given as a URL: take its scheme and port too
-        parsed = urllib.parse.urlsplit(host)
-        scheme, host = parsed.scheme.lower(), parsed.hostname or ""
-        port = conn.port or parsed.port
-    else:
-        port = conn.port
+    given_scheme, host, given_port = _split_host((conn.host or "").strip())
+    scheme = (given_scheme or conn.schema or "http").strip().lower()
+    port = conn.port or given_port
     if not host:
         raise IntegrationSenderError(
             f"connection {conn_id!r}: no host; set the control server's host and port "
@@ -73,7 +78,7 @@ def control_server(conn: Connection) -> ControlServer:
         )
     if scheme not in _SCHEMES:
         raise IntegrationSenderError(
-            f"connection {conn_id!r}: schema {conn.schema!r} is not http or https"
+            f"connection {conn_id!r}: schema {scheme!r} is not http or https"
         )
     netloc = f"[{host}]" if ":" in host else host  # an IPv6 literal
     base = f"{scheme}://{netloc}" + (f":{port}" if port else "")

@@ -3,6 +3,8 @@ connection names the control server."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -41,7 +43,9 @@ def connection(**fields: object) -> Connection:
         ({"host": "sender.internal", "port": 8080}, "http://sender.internal:8080"),
         ({"host": "sender.internal", "schema": "https"}, "https://sender.internal"),
         ({"host": "https://sender.example:8443"}, "https://sender.example:8443"),
+        ({"host": "sender.internal:8080"}, "http://sender.internal:8080"),
         ({"host": "::1", "port": 8080}, "http://[::1]:8080"),
+        ({"host": "[::1]:8080"}, "http://[::1]:8080"),
     ],
 )
 def test_a_connection_names_the_control_server(fields: dict[str, object], url: str) -> None:
@@ -85,3 +89,15 @@ def test_the_connection_test_button_checks_the_token(
     ok, message = IntegrationSenderHook().test_connection()
     assert not ok
     assert "HTTP 401" in message
+
+
+def test_the_package_exports_the_four_classes_without_importing_airflow_first() -> None:
+    code = (
+        "import sys, integration_sender_airflow as p\n"
+        "assert not any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules)\n"
+        "from integration_sender_airflow import SendBatchOperator, BatchSensor, "
+        "BatchCompleteTrigger, IntegrationSenderHook\n"
+        "from integration_sender_airflow.operators import SendBatchOperator as S\n"
+        "assert S is SendBatchOperator\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
