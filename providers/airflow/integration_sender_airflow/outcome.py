@@ -127,8 +127,15 @@ def error_event(batch_id: str, exc: IntegrationSenderError) -> dict[str, Any]:
     }
 
 
+_ALWAYS_SHOWN = ("read", "delivered", "dead_lettered", "rejected")
+
+
 def _count_text(totals: Mapping[str, int]) -> str:
-    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in totals.items() if k != "chunks")
+    """``read 250, delivered 0, dead-lettered 250, rejected 0``, then any other count the
+    daemon reports (``unchanged``, ``tombstones``, ...) that is not zero."""
+    shown = [k for k in _ALWAYS_SHOWN if k in totals]
+    shown += [k for k, v in totals.items() if k not in _ALWAYS_SHOWN and k != "chunks" and v]
+    return ", ".join(f"{k.replace('_', '-')} {totals[k]}" for k in shown)
 
 
 def _dead_letter_text(result: Mapping[str, Any]) -> str:

@@ -39,9 +39,14 @@ def test_in_the_worker_it_returns_the_reconciliation(daemon: Daemon, tmp_path: P
 
     assert (result["batch_id"], result["state"]) == ("b-ok", "complete")
     assert (result["read"], result["delivered"], result["dead_lettered"]) == (250, 250, 0)
-    assert result["routes"] == {
-        "churn": {"read": 250, "delivered": 250, "dead_lettered": 0, "rejected": 0, "chunks": 3}
-    }
+    assert list(result["routes"]) == ["churn"]
+    churn = result["routes"]["churn"]
+    assert (churn["read"], churn["delivered"], churn["dead_lettered"], churn["chunks"]) == (
+        250,
+        250,
+        0,
+        3,
+    )
     assert daemon.delivered_records("b-ok") == 250
 
 

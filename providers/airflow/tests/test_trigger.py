@@ -42,13 +42,17 @@ async def test_fires_once_the_batch_is_complete_with_its_reconciliation(
     assert event["status"] == "settled"
     batch = event["batch"]
     assert (batch["batch_id"], batch["state"], batch["reconciled"]) == ("b-done", "complete", True)
-    assert batch["records"] == {
-        "read": 250,
-        "delivered": 250,
-        "dead_lettered": 0,
-        "rejected": 0,
-        "chunks": 3,
-    }
+    # the daemon may report more counts (unchanged, tombstones): those are passed on too
+    assert (
+        batch["records"].items()
+        >= {
+            "read": 250,
+            "delivered": 250,
+            "dead_lettered": 0,
+            "rejected": 0,
+            "chunks": 3,
+        }.items()
+    )
     assert batch["routes"]["churn"]["delivered"] == 250
     assert batch["dead_letters"] == []
 
