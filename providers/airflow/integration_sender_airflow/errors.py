@@ -2,7 +2,8 @@
 
 ::
 
-    IntegrationSenderError (AirflowException)
+    IntegrationSenderError (AirflowException)    itself: a connection that cannot work
+                                                 (no host, a schema other than http/https)
     ├── ControlServerError(url, status)          unreachable, 5xx, an answer we cannot read
     │   └── TokenRejected                        401/403: wrong or missing bearer token
     ├── TriggerRejected(batch_id, reason)        400: the daemon refused the trigger message
