@@ -20,8 +20,8 @@ from sender.app import App
 from sender.circuit import CircuitBreaker, CircuitState
 from sender.concurrency import AIMDController, Limiter
 from sender.config import AppConfig, CircuitConfig, DestinationOptions
-from sender.engine import _OWNER_TAG
 from sender.errors import BatchBusy, CircuitOpenError, PermanentError, RetryableError
+from sender.lease import _OWNER_TAG
 from sender.metrics import Metrics
 from sender.model import EncodedChunk, Receipt, TriggerMessage
 from sender.ratelimit import Pause, RateLimiter, TokenBucket
