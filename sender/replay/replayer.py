@@ -1,0 +1,445 @@
+"""``sender replay``: send chosen chunks of a batch again, safely, with the bytes and
+``Idempotency-Key`` they first had.
+
+Which chunks (``Selection``): the dead-lettered ones (the default), every chunk (``all``), or
+listed ids (``3,7-9``), of every route or of ``routes``; each goes to its route's primary, or
+to ``to``. Where the payload comes from, in this order:
+
+1. the **source**, re-read and re-chunked by the engine itself (``Engine.recreate_chunks``),
+   when it is still there and unchanged since the batch was first read (a changed source is
+   refused unless ``force``). Each re-created chunk is checked against the ledger (records,
+   bytes, and the sha256 of the payload its holder got) before it is sent;
+2. the chunk's **stored copy** otherwise — its dead-letter file (or a file a ``local``
+   destination holds): the payload is decompressed, decoded back to the NDJSON lines of the
+   chunk and encoded again for the target. Encoding and compression are deterministic, so the
+   bytes are those first sent.
+
+Safety: the replay takes the batch's lease in the ledger, so a daemon never sends the batch at
+the same time (``wait_s`` waits for a daemon to finish; refused when it does not). A chunk a
+replay delivers is marked delivered in the ledger (target, location) and the batch's route
+counts move from dead-lettered to delivered; its dead-letter file is kept (``sender
+dead-letters --purge`` deletes it). Every replay — refused, interrupted, dry run or not — is
+recorded in the ledger with who ran it, the selectors and the outcome (one that selects
+nothing, or names a chunk, route or target that is not there, sends nothing and is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ..batch_source import list_source, source_change
+from ..chunker import RawChunk
+from ..errors import (
+    ConfigError,
+    DeliveryError,
+    ReplayRefused,
+    SelectionError,
+    SenderError,
+    SourceError,
+)
+from ..lease import hold_lease
+from ..log import get_logger
+from ..model import ChunkState, EncodedChunk, ObjectInfo, TriggerMessage
+from ..ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
+from ..targets import Target
+from .pacing import Paced, Pacer
+from .report import GuardedReplayHooks, ReplayHooks, ReplayItem, ReplayReport
+from .selection import (
+    Selection,
+    check_chunk_ids,
+    check_selection,
+    dead_letter_files,
+    select_chunks,
+    who_am_i,
+)
+from .stored import Unavailable, read_stored_copy
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["Replayer"]
+
+log = get_logger("sender.replay")
+
+
+class Replayer:
+    """Runs replays with an opened ``App`` (its ledger, targets, sources and engine)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        who: str | None = None,
+        hooks: ReplayHooks | None = None,
+    ) -> None:
+        self.app = app
+        self.config = app.config
+        self.ledger = app.ledger
+        # the audit trail, when the ledger keeps one
+        self.replay_log = app.ledger if isinstance(app.ledger, ReplayLog) else None
+        self.who = who or who_am_i()
+        self.owner = f"replay:{self.who}:{os.getpid()}"
+        self.hooks: ReplayHooks = GuardedReplayHooks(hooks or ReplayHooks())
+
+    # -- the whole replay ----------------------------------------------------------------
+
+    async def run(self, batch_id: str, selection: Selection) -> ReplayReport:
+        """Replay the chunks ``selection`` picks. Raises ``SelectionError`` (nothing is
+        recorded) when the selectors name what is not there; a refusal (``ReplayRefused``) is
+        recorded, then raised; delivery failures are in the report."""
+        started = time.monotonic()
+        record = await self._batch(batch_id)
+        check_selection(self.config, selection)
+        report = ReplayReport(batch_id, self.who, selection)
+        chunks = await self.ledger.chunks(batch_id)
+        check_chunk_ids(chunks, selection)
+        selected = select_chunks(chunks, selection)
+        if not selected:
+            report.routes = record.routes
+            return report
+        gone = sorted({c.route for c in selected} - set(self.config.routes))
+        if gone:
+            raise SelectionError(
+                f"route {', '.join(gone)} of batch {batch_id} is not in the config any more: "
+                "a replay needs its settings (fields, chunking, targets)"
+            )
+        report.items = await self._items(batch_id, chunks, selection)
+        report.batch_finished_at = record.finished_at
+        now = datetime.now(UTC)
+        if (
+            selection.dry_run
+            and record.lease_owner
+            and (record.lease_expires is None or record.lease_expires > now)
+        ):
+            report.warnings.append(
+                f"{record.lease_owner} holds the batch now: a replay would be refused "
+                "(or wait, with --wait)"
+            )
+        try:
+            if selection.dry_run:
+                await self._replay(record, chunks, selection, report)
+            else:
+                await self._take_lease(record, selection.wait_s)
+                lease_s = self.config.daemon.lease_s
+                async with hold_lease(self.ledger, batch_id, self.owner, lease_s):
+                    # the daemon may have moved the batch on while we waited: read it again
+                    record = await self._batch(batch_id)
+                    chunks = await self.ledger.chunks(batch_id)
+                    await self._replay(record, chunks, selection, report)
+        except ReplayRefused as exc:
+            report.refused = str(exc)
+            report.duration_s = time.monotonic() - started
+            await self._record(report)
+            raise
+        except asyncio.CancelledError:
+            # Ctrl-C: what was delivered is in the ledger; say so in the audit trail too
+            report.interrupted = True
+            report.duration_s = time.monotonic() - started
+            with contextlib.suppress(SenderError):
+                await asyncio.shield(self._record(report))
+            raise
+        report.duration_s = time.monotonic() - started
+        await self._record(report)
+        return report
+
+    async def _batch(self, batch_id: str) -> BatchRecord:
+        record = await self.ledger.get_batch(batch_id)
+        if record is None:
+            raise SelectionError(f"no batch {batch_id!r} in the ledger")
+        return record
+
+    async def _take_lease(self, record: BatchRecord, wait_s: float) -> None:
+        lease_s = self.config.daemon.lease_s
+        deadline = time.monotonic() + wait_s
+        announced = False
+        while not await self.ledger.acquire_lease(record.batch_id, self.owner, lease_s):
+            current = await self.ledger.get_batch(record.batch_id)
+            holder = (current.lease_owner if current else None) or "another process"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" (waited {wait_s:g}s)" if wait_s else ""
+                raise ReplayRefused(
+                    f"batch {record.batch_id} is being sent by {holder}{waited}: a replay "
+                    "never sends a batch a daemon is sending. Try again when it is done, "
+                    "or wait for it with --wait 5m"
+                )
+            if not announced:
+                self.hooks.waiting(holder, wait_s)
+                announced = True
+            await asyncio.sleep(min(1.0, left))
+
+    async def _record(self, report: ReplayReport) -> None:
+        if self.replay_log is not None:
+            await self.replay_log.record_replay(
+                report.batch_id, report.who, report.selection.to_dict(), report.outcome()
+            )
+        log.info(
+            "replay.finished",
+            batch_id=report.batch_id,
+            who=report.who,
+            selectors=report.selection.describe(),
+            result=report.result,
+            selected=len(report.items),
+            delivered=len(report.delivered),
+            failed=len(report.failed),
+        )
+
+    # -- planning and sending ------------------------------------------------------------
+
+    async def _replay(
+        self,
+        record: BatchRecord,
+        chunks: list[ChunkRecord],
+        selection: Selection,
+        report: ReplayReport,
+    ) -> None:
+        message = TriggerMessage.model_validate(record.message)
+        report.items = await self._items(record.batch_id, chunks, selection)
+        if not report.items:
+            return  # a daemon settled them while we waited for its lease
+        objects = await self._source_objects(message, record, selection, report)
+        self.hooks.started(report)
+        targets = self._targets(report, selection)
+        queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None] = asyncio.Queue(
+            maxsize=max(2, 2 * max(t.concurrency for t in targets.values()))
+        )
+        workers = max(t.concurrency for t in targets.values())
+        routes = {name: dataclasses.replace(stats) for name, stats in record.routes.items()}
+        report.routes = routes
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self._worker(queue, targets, routes, selection))
+                await self._produce(message, objects, report, targets, queue)
+                for _ in range(workers):
+                    await queue.put(None)
+        except BaseExceptionGroup as failed:
+            # a ledger or source failure: raise it as itself (the CLI prints SenderErrors)
+            raise _first_leaf(failed) from None
+        finally:
+            if routes != record.routes:
+                # the reconciliation follows the chunks: dead-lettered records now delivered.
+                # finish_batch moves the batch's finished_at to now: the report keeps the
+                # run's (``batch_finished_at``) for ``sender status``
+                await asyncio.shield(
+                    self.ledger.finish_batch(record.batch_id, record.state, routes, record.error)
+                )
+
+    async def _items(
+        self, batch_id: str, chunks: Sequence[ChunkRecord], selection: Selection
+    ) -> list[ReplayItem]:
+        kept = dead_letter_files(await replays_of(self.ledger, batch_id))
+        items = []
+        for chunk in select_chunks(chunks, selection):
+            target = selection.to or self.config.routes[chunk.route].targets[0]
+            dead = chunk.location if chunk.state is ChunkState.DEAD_LETTERED else None
+            items.append(
+                ReplayItem(
+                    chunk, target, dead_letter=dead or kept.get((chunk.route, chunk.chunk_id))
+                )
+            )
+        return items
+
+    async def _source_objects(
+        self,
+        message: TriggerMessage,
+        record: BatchRecord,
+        selection: Selection,
+        report: ReplayReport,
+    ) -> list[ObjectInfo] | None:
+        """The source's objects when it can be read again, None when it is gone; refuse a
+        changed source unless forced."""
+        try:
+            _, listing = await list_source(self.config, self.app.source_for, message.uri)
+        except (SourceError, ConfigError) as exc:
+            report.source = f"gone ({exc}): chunks come from their stored copies"
+            return None
+        changed = source_change(record.objects, listing.objects)
+        if changed is not None:
+            if not selection.force:
+                raise ReplayRefused(
+                    f"{message.uri}: the source changed since the batch was first read "
+                    f"({changed}); its chunks would not be the ones first sent. Replay "
+                    "with --force to send the source as it is now"
+                )
+            report.source = f"changed ({changed}), sent as it is now (--force)"
+            return listing.objects
+        report.source = (
+            "unchanged"
+            if record.objects is not None
+            else "readable (its first run recorded no listing to compare with)"
+        )
+        return listing.objects
+
+    def _targets(self, report: ReplayReport, selection: Selection) -> dict[str, Target]:
+        pacer = Pacer(selection.rate) if selection.rate else None
+        targets: dict[str, Target] = {}
+        for name in {item.target for item in report.items}:
+            target = self.app.targets[name]
+            if pacer is not None:
+                target = Target(
+                    name, Paced(target.destination, pacer), target.options, metrics=target.metrics
+                )
+            targets[name] = target
+        return targets
+
+    async def _produce(
+        self,
+        message: TriggerMessage,
+        objects: list[ObjectInfo] | None,
+        report: ReplayReport,
+        targets: dict[str, Target],
+        queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None],
+    ) -> None:
+        """Payloads for every item, in order: from the source where possible, else from the
+        stored copy; an item whose payload cannot be had fails here."""
+        by_route: dict[str, dict[str, ReplayItem]] = {}
+        for item in report.items:
+            by_route.setdefault(item.route, {})[item.chunk_id] = item
+        for route, items in by_route.items():
+            pending = dict(items)
+            if objects is not None:
+                try:
+                    async for raw in self.app.engine.recreate_chunks(
+                        message, route, objects, list(items)
+                    ):
+                        item = pending[raw.chunk_id]
+                        chunk = await self._checked(message, item, raw, targets, report)
+                        if chunk is not None:
+                            del pending[raw.chunk_id]
+                            item.origin = "source"
+                            await queue.put((item, chunk))
+                except SourceError as exc:
+                    log.warning("replay.source_failed", batch_id=message.batch_id, error=str(exc))
+                    report.source = f"unreadable part-way ({exc})"
+            for item in pending.values():
+                try:
+                    raw = await read_stored_copy(
+                        self.config, self.app.source_for, item.before, item.dead_letter
+                    )
+                    item.origin = "stored copy"
+                    chunk = await self.app.engine.encode_for(
+                        message, route, raw, targets[item.target]
+                    )
+                except Unavailable as exc:
+                    item.state, item.error = "failed", str(exc)
+                    self.hooks.chunk_done(item)
+                    continue
+                await queue.put((item, chunk))
+
+    async def _checked(
+        self,
+        message: TriggerMessage,
+        item: ReplayItem,
+        raw: RawChunk,
+        targets: dict[str, Target],
+        report: ReplayReport,
+    ) -> EncodedChunk | None:
+        """The re-created chunk for its target, when it is the one the ledger knows: same
+        records and bytes, and the payload its holder got hashes the same. Else None (the
+        stored copy is tried), unless the replay was forced."""
+        before = item.before
+        engine = self.app.engine
+        chunk = await engine.encode_for(message, item.route, raw, targets[item.target])
+        problem = None
+        if raw.records != before.records or (before.raw_size and raw.raw_size != before.raw_size):
+            problem = (
+                f"re-created with {raw.records} records ({raw.raw_size} bytes), first sent "
+                f"with {before.records} ({before.raw_size} bytes)"
+            )
+        elif before.checksum and before.target in self.app.targets:
+            holder = self.app.targets[before.target]
+            first = chunk
+            if holder.encoding != targets[item.target].encoding:
+                first = await engine.encode_for(message, item.route, raw, holder)
+            if first.checksum != before.checksum:
+                problem = "re-created payload differs from the one first sent"
+        if problem is None:
+            return chunk
+        if report.selection.force:
+            item.note = f"{problem} (sent anyway: --force)"
+            return chunk
+        item.note = f"{problem} (route config changed?): sent from the stored copy"
+        log.warning(
+            "replay.chunk_differs",
+            batch_id=message.batch_id,
+            route=item.route,
+            chunk=item.chunk_id,
+            problem=problem,
+        )
+        return None
+
+    async def _worker(
+        self,
+        queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None],
+        targets: dict[str, Target],
+        routes: dict[str, RouteStats],
+        selection: Selection,
+    ) -> None:
+        while (job := await queue.get()) is not None:
+            item, chunk = job
+            item.wire_size = len(chunk.payload)
+            if selection.dry_run:
+                item.state = "would send"
+                self.hooks.chunk_done(item)
+                continue
+            await self._send(item, chunk, targets[item.target], routes)
+            self.hooks.chunk_done(item)
+
+    async def _send(
+        self,
+        item: ReplayItem,
+        chunk: EncodedChunk,
+        target: Target,
+        routes: dict[str, RouteStats],
+    ) -> None:
+        fields = dict(batch_id=chunk.batch_id, route=item.route, chunk=item.chunk_id)
+        before = item.before
+        if chunk.idempotency_key != before.idempotency_key and before.idempotency_key:
+            chunk.idempotency_key = before.idempotency_key  # the key it first had, always
+        try:
+            delivered = await target.send(
+                chunk, batch_id=chunk.batch_id, route=item.route, chunk=item.chunk_id
+            )
+        except DeliveryError as exc:
+            item.state, item.attempts, item.error = "failed", exc.attempts or 1, str(exc)
+            log.warning("replay.chunk_failed", target=target.name, error=str(exc), **fields)
+            return
+        item.state, item.attempts = "delivered", delivered.attempts
+        item.location = delivered.receipt.location
+        after = dataclasses.replace(
+            before,
+            state=ChunkState.DELIVERED,
+            target=target.name,
+            location=delivered.receipt.location,
+            attempts=before.attempts + delivered.attempts,
+            checksum=chunk.checksum,
+        )
+        await self.ledger.save_chunks([after])
+        stats = routes.get(item.route)
+        if stats is not None and before.state is not ChunkState.DELIVERED:
+            if before.state is ChunkState.DEAD_LETTERED:
+                stats.dead_lettered -= before.records
+            stats.delivered += before.records
+        log.debug(
+            "replay.chunk_delivered",
+            target=target.name,
+            attempts=delivered.attempts,
+            records=before.records,
+            bytes=len(chunk.payload),
+            **fields,
+        )
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup) and first.exceptions:
+        first = first.exceptions[0]
+    return first
