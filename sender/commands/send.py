@@ -34,9 +34,9 @@ def derive_batch_id(dataset: str, uri: str, versions: Sequence[str]) -> str:
 
 async def cmd_send(args: argparse.Namespace) -> int:
     from ..app import App
+    from ..batch_source import list_source
     from ..model import TriggerMessage
     from ..progress import SendProgress
-    from ..readers import list_batch
 
     out, err = console.out, console.err
     config = load(args)
@@ -47,9 +47,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
     async with App(config, hooks=progress) as app:
         batch_id = args.batch_id
         if batch_id is None:
-            source = await app.source_for(args.uri)
-            require = config.source_for(args.uri).options.require_success
-            listing = await list_batch(source, args.uri, require_success=require)
+            _, listing = await list_source(config, app.source_for, args.uri)
             versions = [f"{o.uri}:{o.size}:{o.version}" for o in listing.objects]
             batch_id = derive_batch_id(args.dataset, args.uri, versions)
         message = TriggerMessage(
