@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from sender.app import App
-from sender.config import AppConfig
-from sender.hooks import Hooks
+from sender.config import AppConfig, load_config
+from sender.daemon import Daemon
+from sender.errors import LedgerError
+from sender.hooks import Hooks, MultiHooks
+from sender.metrics import Metrics
 from sender.model import BatchState, ChunkState, TriggerMessage
+from sender.ports import ChunkRecord
 from sender.testing.receiver import Receiver
+from sender_adapters.memory import MemoryTrigger
 from tests.batches import prediction, write_batch
+from tests.brokers import churn_batch, write_daemon_config
+
+SPOOL = 'type = "spool"\npath = "queue"\npoll_s = "50ms"'
 
 FAST_RETRY = '{ attempts = 3, initial = "5ms", max = "20ms", budget = "5s" }'
 
@@ -418,3 +428,176 @@ async def test_a_refusal_of_the_destination_not_the_payload_is_not_split(
     assert len(receiver.requests) == 3
     assert outcome.routes["churn"].dead_lettered == 3000
     assert len(list((tmp_path / "dead").rglob("chunk-*.ndjson"))) == 3
+
+
+# -- a batch cannot be left half-way ---------------------------------------------------------
+
+
+class _Recorder(Hooks):
+    """What a monitoring hook would see of the batch's start and end."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[tuple[str, str]] = []
+
+    def batch_started(self, batch_id: str, dataset: str, routes: object) -> None:
+        self.started.append(batch_id)
+
+    def batch_finished(self, batch_id: str, state: str, duration_s: float) -> None:
+        self.finished.append((batch_id, state))
+
+
+def fail_saving_chunks_of(app: App, batch_id: str, *, after: int = 1) -> list[int]:
+    """Make the app's ledger raise ``LedgerError`` on saving chunks of ``batch_id`` once
+    ``after`` saves of it went through (a disk that filled up mid-batch); returns the count
+    of saves tried."""
+    real = app.ledger.save_chunks
+    tried = [0]
+
+    async def save_chunks(records: Sequence[ChunkRecord]) -> None:
+        if any(r.batch_id == batch_id for r in records):
+            tried[0] += 1
+            if tried[0] > after:
+                raise LedgerError(f"ledger {batch_id}: database or disk is full")
+        await real(records)
+
+    app.ledger.save_chunks = save_chunks  # type: ignore[method-assign]
+    return tried
+
+
+async def test_a_ledger_failure_mid_batch_ends_it_incomplete_with_hooks_and_gauges_right(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 5000)
+    config = write_config(config_text(receiver.url + "/scores", chunk="{ records = 500 }"))
+    metrics = Metrics(CollectorRegistry())
+    recorder = _Recorder()
+
+    async with App(config, hooks=MultiHooks([metrics.hooks(), recorder]), metrics=metrics) as app:
+        fail_saving_chunks_of(app, "b-1", after=2)
+        outcome = await app.engine.run_batch(message(batch))
+        record = await app.ledger.get_batch("b-1")
+
+    assert outcome.state is BatchState.INCOMPLETE
+    assert "database or disk is full" in (outcome.error or "")
+    assert record is not None and record.state is BatchState.INCOMPLETE  # not left "running"
+    assert record.error == outcome.error and record.lease_owner is None
+    assert recorder.started == ["b-1"] and recorder.finished == [("b-1", "incomplete")]
+    gauge = metrics.registry.get_sample_value
+    assert gauge("sender_batches_in_flight") == 0
+    assert gauge("sender_requests_in_flight", {"target": "api"}) == 0
+
+    again = await send(config, message(batch))  # the ledger is fine again: nothing is lost
+
+    assert again.ok and len(receiver.unique_records()) == 5000
+
+
+async def test_a_ledger_that_cannot_record_the_end_leaves_the_batch_unacked(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 1000)
+    config = write_config(config_text(receiver.url + "/scores"))
+
+    async with App(config) as app:
+
+        async def finish_batch(*args: object, **kwargs: object) -> None:
+            raise LedgerError("ledger: connection lost")
+
+        app.ledger.finish_batch = finish_batch  # type: ignore[method-assign]
+        outcome = await app.engine.run_batch(message(batch))
+
+    # every chunk went out, but the ledger does not say so: the message must come back
+    assert len(receiver.unique_records()) == 1000
+    assert outcome.state is BatchState.INCOMPLETE
+    assert "could not record the batch's end: ledger: connection lost" in (outcome.error or "")
+
+
+async def test_a_closed_destination_ends_the_batch_incomplete_not_running(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 1000)
+    config = write_config(config_text(receiver.url + "/scores"))
+    recorder = _Recorder()
+
+    async with App(config, hooks=recorder) as app:
+        await app.targets["api"].destination.aclose()  # used after aclose(): not a DeliveryError
+        outcome = await app.engine.run_batch(message(batch))
+        record = await app.ledger.get_batch("b-1")
+
+    assert outcome.state is BatchState.INCOMPLETE and "closed" in (outcome.error or "")
+    assert record is not None and record.state is BatchState.INCOMPLETE
+    assert recorder.finished == [("b-1", "incomplete")]
+    assert receiver.requests == []
+
+
+class _BrokenBar(Hooks):
+    """A progress bar that raises on every call, as a terminal gone away could make it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _boom(self) -> None:
+        self.calls += 1
+        raise RuntimeError("the terminal went away")
+
+    def batch_started(self, *args: object) -> None:
+        self._boom()
+
+    def records_read(self, *args: object) -> None:
+        self._boom()
+
+    def chunk_done(self, *args: object, **kwargs: object) -> None:
+        self._boom()
+
+    def fallback(self, *args: object) -> None:
+        self._boom()
+
+    def batch_finished(self, *args: object) -> None:
+        self._boom()
+
+
+async def test_a_hook_that_raises_never_changes_delivery_and_is_logged_once_per_kind(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 3000)
+    config = write_config(config_text(receiver.url + "/scores", fallback="backup"))
+    receiver.fail_where(lambda request: request.headers["X-Sender-Chunk"] == "1")
+    bar = _BrokenBar()
+
+    with capture_logs() as logs:
+        async with App(config, hooks=bar) as app:  # given bare, as `sender send` gives it
+            outcome = await app.engine.run_batch(message(batch))
+
+    assert outcome.state is BatchState.COMPLETE and outcome.ok
+    assert outcome.routes["churn"].delivered == 3000 and outcome.fallbacks == 1
+    assert bar.calls >= 6  # started, read, 3 chunks, a fallback, finished
+    failed = sorted(e["method"] for e in logs if e["event"] == "hook.failed")
+    assert failed == ["batch_finished", "batch_started", "chunk_done", "fallback", "records_read"]
+
+
+async def test_the_daemon_gives_back_a_crashed_batch_and_takes_the_next_message(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config_path = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
+    trigger = MemoryTrigger()
+    await trigger.publish(churn_batch(tmp_path, "b-crash"))
+    await trigger.publish(churn_batch(tmp_path, "b-good"))
+
+    async with App(load_config(config_path)) as app:
+        fail_saving_chunks_of(app, "b-crash", after=0)
+        daemon = Daemon(app, trigger)
+        task = asyncio.create_task(daemon.run())
+        try:
+            async with asyncio.timeout(30):
+                settled = await daemon.wait_settled(2)
+        finally:
+            daemon.request_stop("test")
+            assert await asyncio.wait_for(task, 30) == 0
+            await trigger.aclose()
+        crashed = await app.ledger.get_batch("b-crash")
+
+    verbs = {s.batch_id: s.verb for s in settled[:2]}
+    assert verbs == {"b-good": "ack", "b-crash": "release"}  # never acked, never rejected
+    assert crashed is not None and crashed.state is BatchState.INCOMPLETE
+    assert "disk is full" in (crashed.error or "")
+    assert len(receiver.unique_records()) >= 10  # b-good's records all arrived

@@ -12,11 +12,23 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from sender.app import App
 from sender.cli import amain
+from sender.config import load_config
 from sender.model import ChunkState
 from sender.ports import ChunkRecord
-from sender.replay import Selection, parse_chunk_ids, select_chunks, who_am_i
+from sender.replay import (
+    Replayer,
+    ReplayHooks,
+    ReplayItem,
+    ReplayReport,
+    Selection,
+    parse_chunk_ids,
+    select_chunks,
+    who_am_i,
+)
 from sender.testing.receiver import ReceivedRequest, Receiver
 from sender_adapters.sqlite import SqliteLedger
 from tests.batches import write_batch
@@ -464,3 +476,43 @@ async def test_a_dead_lettered_piece_of_a_split_chunk_is_replayed_as_that_piece(
     ids = [c["chunk"] for c in orjson.loads(out)["chunks"]]
     assert "2" not in ids and piece.chunk_id in ids  # the split chunk goes as its pieces
     assert sum(c["records"] for c in orjson.loads(out)["chunks"]) == 5000
+
+
+class _RaisingMetrics(ReplayHooks):
+    """A metrics hook with a bug: it raises whatever it is told."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _boom(self) -> None:
+        self.calls += 1
+        raise KeyError("label")
+
+    def waiting(self, holder: str, wait_s: float) -> None:
+        self._boom()
+
+    def started(self, report: ReplayReport) -> None:
+        self._boom()
+
+    def chunk_done(self, item: ReplayItem) -> None:
+        self._boom()
+
+
+async def test_a_hook_that_raises_never_changes_a_replay(
+    capsys: pytest.CaptureFixture[str], setup: Callable[..., Path], receiver: Receiver
+) -> None:
+    config = setup()
+    await send_with_primary_down_for(capsys, config, receiver, DOWN)
+    hooks = _RaisingMetrics()
+
+    with capture_logs() as logs:
+        async with App(load_config(config)) as app:
+            report = await Replayer(app, hooks=hooks).run("b-1", Selection())
+
+    assert report.ok and sorted(i.chunk_id for i in report.delivered) == sorted(DOWN)
+    assert sorted(chunk_of(r) for r in receiver.requests) == sorted(DOWN)
+    assert hooks.calls == 3  # started, and one per chunk
+    failed = sorted(e["method"] for e in logs if e["event"] == "hook.failed")
+    assert failed == ["chunk_done", "started"]  # once per kind, not once per chunk
+    after = await chunks_in_ledger(config)
+    assert all(c.state is ChunkState.DELIVERED for c in after)
