@@ -127,9 +127,9 @@ class RetryPolicy:
             return 0.0
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return max(0.0, float(retry_after))
+        # only a RetryableError is retried; its retry_after is the receiver's word
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return max(0.0, float(error.retry_after))
         return self.backoff(retry_state.attempt_number)
 
     async def call(
