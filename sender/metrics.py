@@ -32,7 +32,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 from . import __version__
 from .errors import DeliveryError
@@ -40,7 +49,7 @@ from .hooks import Hooks
 from .log import get_logger
 from .model import Receipt
 
-__all__ = ["BREAKER_STATES", "Metrics", "MetricsHooks", "status_class"]
+__all__ = ["BREAKER_STATES", "Metrics", "MetricsHooks", "process_registry", "status_class"]
 
 log = get_logger("sender.metrics")
 
@@ -55,6 +64,18 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry holding what prometheus-client's default one serves besides our metrics:
+    the process (CPU, memory, open files), platform (``python_info``) and GC collectors. The
+    daemon's ``/metrics`` is built on it, so it shows what it showed on the default registry.
+    (Those collectors are prometheus-client's own, registered on its registry when it is
+    imported: adding them here registers nothing globally.)"""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
 
 
 def status_class(outcome: object) -> str:

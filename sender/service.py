@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from prometheus_client import CollectorRegistry
-
 from .app import App, open_trigger
 from .config import AppConfig
 from .control import ControlServer
@@ -18,7 +16,7 @@ from .daemon import Daemon
 from .errors import ConfigError
 from .hooks import Hooks, MultiHooks
 from .live import LiveStatus
-from .metrics import Metrics
+from .metrics import Metrics, process_registry
 from .ports import TokenAccepting
 from .statusdata import StatusSource
 from .statuspage import StatusPage
@@ -34,8 +32,8 @@ async def open_daemon(
     """The app, trigger, control server and daemon of ``config``, closed in reverse order on
     exit. ``daemon.control.port`` is the control server's port (useful with ``:0``)."""
     # every daemon exports its metrics (/metrics), on a registry of its own, from the engine's
-    # hooks and its targets
-    metrics = Metrics(CollectorRegistry())
+    # hooks and its targets, beside the process metrics the default registry had
+    metrics = Metrics(process_registry())
     # and its status page from them too
     live = LiveStatus()
     engine_hooks = MultiHooks([metrics.hooks(), live, *([hooks] if hooks is not None else [])])

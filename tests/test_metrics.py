@@ -378,3 +378,10 @@ async def test_a_running_daemon_serves_counters_that_move(
 
     assert after.get(delivered, 0) - before.get(delivered, 0) == 20
     assert after.get(acked, 0) - before.get(acked, 0) == 1
+    # what the default registry served before the metrics had a registry of their own
+    names = {name for name, _ in after}
+    assert {
+        "python_info",
+        "process_resident_memory_bytes",
+        "python_gc_objects_collected_total",
+    } <= names
