@@ -93,7 +93,8 @@ def gcs_error(exc: BaseException, where: str) -> DeliveryError:
         return RetryableError(f"{where}: download corrupted in transit (checksum mismatch)")
     if isinstance(exc, requests.ReadTimeout | TimeoutError):
         # GCS took the request and did not answer in time: a sign of load
-        return RetryableError(f"{where}: timed out ({exc})", push_back=True)
+        detail = f" ({exc})" if str(exc) else ""
+        return RetryableError(f"{where}: timed out{detail}", push_back=True)
     if isinstance(exc, requests.RequestException | ConnectionError | OSError):
         return RetryableError(f"{where}: connection error: {exc}", push_back=False)
     if isinstance(exc, storage_exceptions.InvalidResponse):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import requests
 from google.api_core import exceptions as api_exceptions
 
 from sender.config import load_config
@@ -139,6 +140,15 @@ def test_gcs_gave_up_retrying_keeps_the_last_answer() -> None:
 
     assert isinstance(error, RetryableError) and "gave up retrying" in error.reason
     assert error.status == 429 and error.push_back is True
+
+
+def test_a_read_timeout_pushes_back_and_a_refused_connection_does_not() -> None:
+    slow = gcs_error(TimeoutError(), "gs://b/k")
+    refused = gcs_error(requests.ConnectionError("refused"), "gs://b/k")
+
+    assert isinstance(slow, RetryableError) and slow.push_back is True
+    assert slow.reason == "gs://b/k: timed out"
+    assert isinstance(refused, RetryableError) and refused.push_back is False
 
 
 def test_an_object_too_large_for_gcs_is_about_the_payload() -> None:
