@@ -7,9 +7,11 @@
   so the service models are read once per process rather than once per adapter (~150 ms
   each), while each client still looks its credentials up afresh (a profile, a rotated
   environment are honoured). ``region_in_url`` reads the region an SQS queue URL names.
-- Errors: how a botocore or transport error reads, and whether a later attempt may get past
-  it. What every AWS service answers alike lives here: the HTTP status and error-code rules,
-  refused or missing credentials, connection trouble and timeouts. What only one service
+- Errors: ``aws_error`` turns a botocore or transport error into the ``RetryableError`` or
+  ``PermanentError`` it means, with the answer's HTTP status, push-back for throttling and
+  read timeouts, and whether the refusal is about the payload. What every AWS service
+  answers alike lives here: the HTTP status and error-code rules, refused or missing
+  credentials, connection trouble and timeouts. What only one service
   says (S3's ``NoSuchBucket``, SQS's ``NonExistentQueue``) stays in its adapter and comes in
   as an ``AwsService`` and the ``missing`` and ``extra`` hooks.
 """
