@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATA_DIR", "FIELDS", "DataSet", "ensure", "record"]
+__all__ = ["DATA_DIR", "FIELDS", "DataSet", "ensure", "ensure_next_day", "record"]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _BLOCK = 4096  # distinct records rendered per template block
@@ -132,6 +132,34 @@ def ensure(name: str) -> DataSet:
         _write_parquet(jsonl, parquet)
         (parquet / "_SUCCESS").write_bytes(b"")
     return DataSet(name, jsonl, parquet, info["bytes"], info["records"])
+
+
+def ensure_next_day(data: DataSet) -> tuple[Path, int]:
+    """The day after ``data``: the same records with 5% of scores changed, 1% gone and 1% new
+    (``<set>/jsonl-day2``), for the diff-sync scenario; its folder and record count."""
+    folder = data.jsonl.parent / "jsonl-day2"
+    meta = folder / "meta.json"
+    if not (folder / "_SUCCESS").exists() or not meta.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        records, fresh = 0, 0
+        for part in sorted(data.jsonl.glob("part-*")):
+            out = []
+            for i, line in enumerate(part.read_bytes().splitlines()):
+                if i % 100 == 1:  # gone
+                    continue
+                if i % 20 == 2:  # changed: the score moves
+                    line = line.replace(b'"score":', b'"score":1', 1)
+                out.append(line)
+                if i % 100 == 3:  # a new customer beside this one
+                    fresh += 1
+                    out.append(line.replace(b'"cust-', b'"new-', 1))
+            records += len(out)
+            (folder / part.name).write_bytes(b"\n".join(out) + b"\n")
+        (folder / "_SUCCESS").write_bytes(b"")
+        meta.write_text(json.dumps({"records": records, "new": fresh}))
+    return folder, json.loads(meta.read_text())["records"]
 
 
 if __name__ == "__main__":  # python -m bench.data small

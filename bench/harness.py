@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .data import FIELDS, DataSet
+from .data import FIELDS, DataSet, ensure_next_day
 from .receiver import Receiver
 
 __all__ = ["CEILINGS", "SCENARIOS", "Result", "run_scenario"]
@@ -40,6 +40,8 @@ SCENARIOS = {
     "raw_parquet": "4c parquet ceiling",
     "parquet": "4 parquet",
     "faults": "5 faults (20% 503)",
+    "diff_full": "7f next day, full send",
+    "diff": "7 next day, diff sync",
     "naive": "6 naive baseline",
 }
 
@@ -50,6 +52,7 @@ CEILINGS = {
     "projection": ("raw_projection", 0.7),
     "parquet": ("raw_parquet", 0.7),
     "faults": ("passthrough", 0.8),
+    "diff": ("projection", 0.5),
 }
 
 # the ceiling loops: scenario -> (input kind, codec)
@@ -97,7 +100,15 @@ class Result:
         }
 
 
-def _config(folder: Path, url: str, *, fields: bool, faults: bool, codec: str = "zstd") -> Path:
+def _config(
+    folder: Path,
+    url: str,
+    *,
+    fields: bool,
+    faults: bool,
+    codec: str = "zstd",
+    diff: bool = False,
+) -> Path:
     lines = [
         "[daemon]",
         f'ledger = "{folder / "ledger.db"}"',
@@ -131,6 +142,8 @@ def _config(folder: Path, url: str, *, fields: bool, faults: bool, codec: str = 
     if fields:
         pairs = ", ".join(f'{out} = "{path}"' for out, path in FIELDS.items())
         lines.append(f"fields = {{ {pairs} }}")
+    if diff:
+        lines.append('diff = { key = "customer_id", deletes = true }')
     path = folder / "sender.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -185,30 +198,30 @@ def _once(scenario: str, data: DataSet, receiver: Receiver) -> Result:
         with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
             folder = Path(tmp)
             url = receiver.fault_url if scenario == "faults" else receiver.url
+            diffed = scenario in ("diff", "diff_full")
             config = _config(
                 folder,
                 url,
-                fields=scenario == "projection",
+                fields=scenario == "projection" or diffed,
                 faults=scenario == "faults",
                 codec="gzip" if scenario == "passthrough_gzip" else "zstd",
+                diff=diffed,
             )
             batch = data.parquet if scenario == "parquet" else data.jsonl
-            command = [
-                python,
-                "-m",
-                "sender.cli",
-                "send",
-                str(batch),
-                "--dataset=bench",
-                "--json",
-                "--quiet",
-                "-c",
-                str(config),
-            ]
+            expected = data.records
+            send = [python, "-m", "sender.cli", "send", "--dataset=bench", "--json", "--quiet"]
             env = {**os.environ, "SENDER_LOG_LEVEL": "warning"}
-            stdout, wall, rss, cpu = _run_child(command, env=env)
+            if diffed:
+                # day 1 fills the baseline (not measured), day 2 is the run measured
+                _run_child([*send, str(batch), "--batch-id=day-1", "-c", str(config)], env=env)
+                offset = receiver.log_offset()
+                batch, expected = ensure_next_day(data)
+                send += ["--batch-id=day-2"] + (["--full"] if scenario == "diff_full" else [])
+            stdout, wall, rss, cpu = _run_child([*send, str(batch), "-c", str(config)], env=env)
             outcome = orjson.loads(stdout[stdout.index("{") :])
-            if outcome["state"] != "complete" or outcome["records"]["delivered"] != data.records:
+            records = outcome["records"]
+            settled = records["delivered"] + records.get("unchanged", 0)
+            if outcome["state"] != "complete" or settled != expected:
                 raise RuntimeError(f"{scenario}: the batch was not delivered whole: {outcome}")
             elapsed = outcome["duration_s"]
     requests, ok, wire = receiver.since(offset)
