@@ -243,10 +243,10 @@ class OAuth2Token(Authenticator):
         except orjson.JSONDecodeError:
             answer = None
         if not isinstance(answer, dict):
-            raise RetryableError(f"{what}: the answer is not a JSON object", status=200)
+            raise RetryableError(f"{what}: the answer is not a JSON object", status=None)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RetryableError(f"{what}: the answer has no access_token", status=200)
+            raise RetryableError(f"{what}: the answer has no access_token", status=None)
         expires_in = answer.get("expires_in")
         try:
             lifetime = float(expires_in) if expires_in is not None else None

@@ -174,6 +174,20 @@ async def test_an_unreachable_token_endpoint_is_retryable_without_a_status(
     assert caught.value.status is None
 
 
+@pytest.mark.parametrize("answer", [b"<html>login</html>", b'{"token_type": "Bearer"}', b"[]"])
+async def test_a_token_answer_without_an_access_token_is_retryable(answer: bytes) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200, body=answer)
+
+    async with serve(handle) as url:
+        options = HttpDestination.Options(url=f"{url}/scores", auth=oauth2(url))
+        async with HttpDestination("crm_api", options) as destination:
+            with pytest.raises(RetryableError, match="token endpoint") as caught:
+                await destination.deliver(make_chunk())
+    assert caught.value.status is None  # no usable answer: not counted as a 2xx
+
+
 @pytest.mark.parametrize("client_auth", ["basic", "body"])
 async def test_the_token_request_carries_the_grant_scope_and_audience(
     api: tuple[ApiBehindOAuth2, str], client_auth: str
