@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -65,6 +65,9 @@ class SpoolEnvelope:
 
 class SpoolTrigger(Resource):
     """Polls a directory for ``*.json`` trigger messages, oldest first."""
+
+    # its messages are files written on this machine: they may name any URI (LocalQueue)
+    local_queue: ClassVar[Literal[True]] = True
 
     class Options(TriggerOptions):
         type: Literal["spool"] = "spool"

@@ -128,6 +128,12 @@ class AppConfig:
             return [name for name in matching if name in names]
         return matching
 
+    def uri_refusal(self, uri: str, *, remote: bool) -> str | None:
+        """Why a trigger may not name ``uri``, or None (``sender.uri_policy``)."""
+        from .uri_policy import uri_refusal
+
+        return uri_refusal(self, uri, remote=remote)
+
     def dead_letter_of(self, route: str) -> str:
         """The destination that holds ``route``'s dead letters."""
         return self.routes[route].dead_letter or self.dead_letter_default

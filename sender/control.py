@@ -1,14 +1,17 @@
 """The control server (aiohttp, on ``daemon.listen``): probes, metrics and the batch API.
 
-``GET /healthz`` the loop is alive · ``GET /readyz`` ledger, trigger and dead-letter checks ·
-``GET /metrics`` Prometheus · ``POST /v1/batches`` a trigger message (or a Pub/Sub push
-envelope) put on the configured trigger · ``GET /v1/batches`` and ``/v1/batches/{id}`` the same
-data as ``sender status --json``. The ``/v1`` routes need ``Authorization: Bearer <token>``
-when a token is configured. ``POST /v1/batches`` takes the trigger's own token when it has
-one (``[trigger] token`` of the ``http`` trigger) as well as the daemon's, and also as a
-``?token=`` query parameter: a Pub/Sub push subscription cannot send a fixed header.
-With a ``StatusPage`` (``sender.statuspage``) it also serves ``GET /``, ``/batches/{id}`` and
-``GET /v1/status``, which also take the page's session cookie.
+- ``GET /healthz``: the loop is alive. ``GET /readyz``: ledger, trigger and dead-letter
+  checks; what is wrong only for the token's holder, anyone else sees ready or not.
+- ``GET /metrics``: Prometheus.
+- ``POST /v1/batches``: a trigger message (or a Pub/Sub push envelope) put on the configured
+  trigger. ``GET /v1/batches`` and ``/v1/batches/{id}``: what ``sender status --json`` shows.
+
+The ``/v1`` routes need ``Authorization: Bearer <token>`` (the scheme in any case) when a
+token is configured. ``POST /v1/batches`` takes the trigger's own token when it has one
+(``[trigger] token`` of the ``http`` trigger) as well as the daemon's; that push token alone
+may also come as a ``?token=`` query parameter (a Pub/Sub push subscription cannot send a
+fixed header). With a ``StatusPage`` (``sender.statuspage``) it also serves ``GET /``,
+``/batches/{id}`` and ``GET /v1/status``, which also take the page's session cookie.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _bearer(header: str) -> str:
+    """The credentials of ``Authorization: Bearer <token>`` (any case of the scheme), or ""."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
 class ControlServer:
     def __init__(
         self,
@@ -98,28 +107,41 @@ class ControlServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            posting = request.method == "POST" and request.path == "/v1/batches"
-            tokens = [t for t in (self.token, self.accept_token if posting else None) if t]
-            if tokens:
-                given = request.headers.get("Authorization", "")
-                if posting and not given and "token" in request.query:
-                    given = f"Bearer {request.query['token']}"
-                # every token is compared, so the time taken does not tell which one matched
-                matches = [
-                    hmac.compare_digest(given.encode(), f"Bearer {t}".encode()) for t in tokens
-                ]
-                # the status page's session reads /v1/status (and nothing else under /v1)
-                session = (
-                    self.page is not None
-                    and request.method == "GET"
-                    and request.path == "/v1/status"
-                    and self.page.has_session(request)
-                )
-                if not any(matches) and not session:
-                    return _json({"error": "missing or wrong bearer token"}, 401)
+        if request.path.startswith("/v1/") and not self._authorized(request):
+            return _json({"error": "missing or wrong bearer token"}, 401)
         response: web.StreamResponse = await handler(request)
         return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Whether ``request`` may use a ``/v1`` route: with no token configured anyone may
+        (config check allows that on loopback only, or with ``allow_anonymous``); else a
+        bearer token (the scheme in any case, RFC 9110), the page's session for
+        ``GET /v1/status``, or, for ``POST /v1/batches`` only, the http trigger's own push
+        token, which alone may come as ``?token=`` (a Pub/Sub push subscription cannot send a
+        header; the daemon's token never travels in a URL, where proxies log it)."""
+        posting = request.method == "POST" and request.path == "/v1/batches"
+        tokens = [t for t in (self.token, self.accept_token if posting else None) if t]
+        if not tokens:
+            return True
+        given = _bearer(request.headers.get("Authorization", ""))
+        candidates = [(given, tokens)]
+        if posting and self.accept_token and "token" in request.query:
+            candidates.append((request.query["token"], [self.accept_token]))
+        # every token is compared, so the time taken does not tell which one matched
+        matches = [
+            hmac.compare_digest(offered.encode(), token.encode())
+            for offered, allowed in candidates
+            for token in allowed
+        ]
+        if any(matches):
+            return True
+        # the status page's session reads /v1/status (and nothing else under /v1)
+        return (
+            self.page is not None
+            and request.method == "GET"
+            and request.path == "/v1/status"
+            and self.page.has_session(request)
+        )
 
     async def start(self, host: str, port: int) -> int:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -143,9 +165,12 @@ class ControlServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         problems = await self.readiness()
-        if problems:
-            return _json({"status": "not ready", "problems": problems}, 503)
-        return _json({"status": "ready"})
+        if not problems:
+            return _json({"status": "ready"})
+        # what is wrong names batches, paths and errors: only for the token's holder
+        if self.token and not self._authorized(request):
+            return _json({"status": "not ready"}, 503)
+        return _json({"status": "not ready", "problems": problems}, 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

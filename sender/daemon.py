@@ -38,6 +38,7 @@ from .log import get_logger
 from .model import BatchState, TriggerMessage, parse_trigger_message
 from .ports import (
     Envelope,
+    LocalQueue,
     PendingCount,
     Trigger,
 )
@@ -137,6 +138,11 @@ class Daemon:
                 raise MessageError(f"unknown routes {unknown}")
         if not self.engine.routes_for(message):
             raise MessageError(f"no route takes dataset {message.dataset!r}")
+        refusal = self.config.uri_refusal(
+            message.uri, remote=not isinstance(self.trigger, LocalQueue)
+        )
+        if refusal is not None:
+            raise MessageError(refusal)
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -212,6 +212,10 @@ class DaemonConfig(Options):
     max_batches: int = Field(2, ge=1)
     shutdown_grace_s: Duration = Field(30.0, alias="shutdown_grace")
     token: SecretStr | None = None  # bearer token for the control server's /v1 routes
+    # a control server listening beyond loopback needs a token, unless this says it may not
+    allow_anonymous: bool = False
+    # URI prefixes a trigger message may name (None: see ``AppConfig.uri_allowed``)
+    allow_uris: list[str] | None = None
     lease_s: Duration = Field(60.0, alias="lease", gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # None: for people on a terminal, JSON elsewhere (--log-format overrides this)
@@ -231,6 +235,29 @@ class DaemonConfig(Options):
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("must be host:port, e.g. '127.0.0.1:8080'")
         return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty secret file or an empty ${VAR} would otherwise switch authentication off
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: give a token, or leave the key out")
+        return value
+
+    @model_validator(mode="after")
+    def _closed_beyond_loopback(self) -> DaemonConfig:
+        if self.token is None and not self.allow_anonymous and not self.loopback:
+            raise ValueError(
+                f"listen: {self.listen} is reachable beyond this machine: set daemon.token"
+                " (or allow_anonymous = true to let anyone trigger batches and read them)"
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """The control server listens on this machine only."""
+        host = self.host.lower()
+        return host in ("localhost", "::1") or host.startswith("127.")
 
     @property
     def host(self) -> str:

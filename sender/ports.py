@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Self, TypeVar, runtime_checkable
+from typing import Literal, Protocol, Self, TypeVar, runtime_checkable
 
 # the ledger's ports live in their own module (three Protocols and their rows)
 from .ledger_ports import (
@@ -56,6 +56,7 @@ __all__ = [
     "LedgerBound",
     "LedgerType",
     "LocalFiles",
+    "LocalQueue",
     "PendingCount",
     "PlanRow",
     "Purgeable",
@@ -221,6 +222,15 @@ class TokenAccepting(Protocol):
 
     @property
     def accept_token(self) -> str | None: ...
+
+
+@runtime_checkable
+class LocalQueue(Protocol):
+    """A trigger whose messages come from this machine only (the spool directory): they may
+    name any URI the daemon can read, like ``sender send``. Messages of every other trigger
+    (HTTP, SQS, RabbitMQ) are held to ``daemon.allow_uris`` or its default."""
+
+    local_queue: Literal[True]
 
 
 @runtime_checkable

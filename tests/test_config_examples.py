@@ -13,6 +13,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 def test_aws_example_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_TOKEN", "example-token")
+    monkeypatch.setenv("SENDER_CONTROL_TOKEN", "example-control-token")
 
     config = load_config(CONFIG_DIR / "aws.toml")
 

@@ -169,6 +169,7 @@ ONPREM = Path(__file__).resolve().parents[1] / "config" / "onprem.toml"
 def test_the_onprem_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMQP_PASSWORD", "amqp-password-from-env")
     monkeypatch.setenv("SCORES_API_TOKEN", "scores-token-from-env")
+    monkeypatch.setenv("SENDER_CONTROL_TOKEN", "control-token-from-env")
 
     config = load_config(ONPREM)
 
@@ -184,6 +185,7 @@ async def test_the_onprem_example_delivers_a_batch_with_only_site_values_changed
     tmp_path: Path, receiver: Receiver, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SCORES_API_TOKEN", "scores-token")
+    monkeypatch.setenv("SENDER_CONTROL_TOKEN", "control-token")
     site = {
         # the PostgreSQL ledger is tested on its own; here the same config on SQLite
         '"postgresql://sender@127.0.0.1:5432/sender"': f'"{tmp_path / "ledger.db"}"',
