@@ -69,6 +69,7 @@ ledger = "ledger.db"
 listen = "127.0.0.1:0"
 max_batches = 1
 lease = "3s"  # renewed every second: a short visibility never lapses mid-batch
+allow_uris = ["{lake}/"]  # the test's batches, beside the daemon's folder
 
 [destinations.api]
 type = "http"
@@ -224,7 +225,8 @@ def _batch_ids(envelopes: list[Envelope]) -> list[str]:
 def _config(folder: Path, receiver: Receiver) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sender.toml"
-    path.write_text(textwrap.dedent(_CONFIG.format(receiver=receiver.url)))
+    lake = folder.parent / "lake"  # where _batch writes
+    path.write_text(textwrap.dedent(_CONFIG.format(receiver=receiver.url, lake=lake)))
     return path
 
 
