@@ -26,6 +26,7 @@ from .batch_source import list_source, source_change
 from .chunker import RawChunk
 from .config import AppConfig
 from .delivery import ChunkDelivery
+from .diffsync import attach_plan, commit_route, commit_runs, plan_and_attach
 from .errors import (
     BadRecordPolicyFailed,
     BatchBusy,
@@ -105,6 +106,7 @@ class Engine:
         if wanted is not None and not wanted:
             return
         run = RouteRun.of(self.config, route, self.targets)
+        await attach_plan(self.ledger, message, run)
         source = await self._source_for(message.uri)
         async for raw in recut(run, source, objects, message.format, wanted):
             yield raw
@@ -183,6 +185,7 @@ class Engine:
                 state = BatchState.INCOMPLETE
             else:
                 await self._finish_routes(message, runs)
+                await commit_runs(message, runs)
         except (SourceError, BadRecordPolicyFailed) as exc:
             state, error = BatchState.FAILED, str(exc)
         except (DeadLetterUnavailable, FinishFailed) as exc:
@@ -284,6 +287,8 @@ class Engine:
             )
         if record.objects is None or force:
             await self.ledger.set_objects(message.batch_id, listing.objects)
+        fresh = functools.partial(RouteRun.of, self.config, targets=self.targets)
+        await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects)
         in_flight = asyncio.Semaphore(_in_flight_limit(runs))
         try:
             await self._pump(message, source, listing.objects, runs, stop, in_flight)
@@ -347,10 +352,16 @@ class Engine:
                 return
             self.hooks.records_read(message.batch_id, block.records, block.size)
             for run in runs:
+                if run.diff is not None:
+                    await run.diff.prefetch(block)
                 for raw, kind in run.cut(block):
                     await submit(run, raw, kind)
         for run in runs:
-            for raw in run.chunker.finish():
+            if run.diff is not None:
+                async for lines in run.diff.tombstone_lines():
+                    for raw in run.feed_tombstones(lines):
+                        await submit(run, raw)
+            for raw in run.finish():
                 await submit(run, raw)
             for raw in run.flush_rejects(final=True):
                 await submit(run, raw, "rejects")
@@ -381,6 +392,10 @@ class Engine:
             wire_size,
             kind=chunk_record.kind,
         )
+
+    async def commit_diff(self, message: TriggerMessage, route: str) -> None:
+        """After a replay: what the route has delivered by now enters its baseline."""
+        await commit_route(self.config, self.ledger, message, route)
 
     async def _finish_routes(self, message: TriggerMessage, runs: list[RouteRun]) -> None:
         """Tell each destination that wants to know (a bucket drop) which chunks it holds."""

@@ -54,6 +54,8 @@ class BatchOutcome:
             delivered=totals.delivered,
             dead_lettered=totals.dead_lettered,
             rejected=totals.rejected,
+            unchanged=totals.unchanged,
+            tombstones=totals.tombstones,
             chunks=totals.chunks,
             fallbacks=self.fallbacks,
             duration_s=round(self.duration_s, 3),

@@ -131,5 +131,10 @@ def reconciliation_line(stats: RouteStats) -> Text:
         f"read {stats.read:,} = delivered {stats.delivered:,} + dead-lettered "
         f"{stats.dead_lettered:,} + rejected {stats.rejected:,}"
     )
+    if stats.unchanged:  # a diff-synced route: records the receiver has already
+        text.append(f" + unchanged {stats.unchanged:,}")
+    if stats.tombstones or stats.tombstones_dead_lettered:
+        text.append(f"  (tombstones: {stats.tombstones:,} delivered")
+        text.append(f", {stats.tombstones_dead_lettered:,} dead-lettered)")
     text.append("  ✓" if balanced else "  ✗ (not yet reconciled)", "green" if balanced else "red")
     return text

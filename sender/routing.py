@@ -10,13 +10,21 @@ A ``RouteRun`` also keeps the route's reconciliation as chunks settle.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 from .casting import Caster
 from .chunker import Chunker, Lines, RawChunk
 from .codecs import compress, encode
 from .config import AppConfig, RouteConfig
+from .diffsync import RouteDiff
 from .errors import BadRecordPolicyFailed
 from .log import get_logger
 from .model import BadRecord, ChunkState, EncodedChunk, ObjectInfo, chunk_sort_key, idempotency_key
@@ -34,7 +42,7 @@ _REJECTS_PER_FILE = 1000
 # The ``target`` of a chunk row that was split because a receiver refused it (see
 # ``sender.delivery``): its records are counted through its pieces' rows ("7.0", "7.1.0"...).
 # Parentheses keep it apart from destination names (a bare TOML key cannot hold them).
-SPLIT_TARGET = "(split)"
+SPLIT_TARGET = "(split)"  # sender.diffsync knows it too
 
 
 def encode_chunk(
@@ -89,7 +97,10 @@ class RouteRun:
     stats: RouteStats = field(default_factory=RouteStats)
     projection: Projection | None = None
     caster: Caster | None = None
+    diff: RouteDiff | None = None  # set by the engine for a diff-synced route
     chunker: Chunker = field(init=False)
+    seq_starts: dict[str, int] = field(default_factory=dict)  # data chunk -> its first seq
+    _seq: int = 0
     rejects: list[BadRecord] = field(default_factory=list)
     rejects_index: int = 0
     rejects_stored: int = 0
@@ -124,10 +135,11 @@ class RouteRun:
     def columns(self) -> list[str] | None:
         return list(self.config.fields) if self.config.fields else None
 
-    def cut(self, block: RecordBlock) -> list[tuple[RawChunk, str]]:
-        """The chunks a block of records completes, each with its kind ("data", or
-        "rejects" for a file of bad input records). Raises ``BadRecordPolicyFailed``."""
-        self.stats.read += len(block.lines) + len(block.bad)
+    def project(
+        self, block: RecordBlock
+    ) -> tuple[Sequence[bytes], list[BadRecord], Callable[[int], str]]:
+        """The block's records as this route sends them (cast, projected), the bad ones,
+        and where each good one came from. The same for a run, a replay and diff planning."""
         lines, bad, locate = block.lines, list(block.bad), block.locate
         if self.caster is not None and block.format == "csv":
             cast, more, locate = self.caster.apply(lines, locate)
@@ -138,10 +150,38 @@ class RouteRun:
             # of the throughput (bench: 242k -> 194k records/s)
             lines, more = self.projection.apply(lines, locate)
             bad.extend(more)
+        return lines, bad, locate
+
+    def cut(self, block: RecordBlock) -> list[tuple[RawChunk, str]]:
+        """The chunks a block of records completes, each with its kind ("data", or
+        "rejects" for a file of bad input records). Raises ``BadRecordPolicyFailed``. A diff
+        route's filter must have been prefetched for the block (``RouteDiff.prefetch``)."""
+        self.stats.read += len(block.lines) + len(block.bad)
+        lines, bad, locate = self.project(block)
+        if self.diff is not None:
+            lines, unchanged, more = self.diff.apply(lines, locate)
+            self.stats.unchanged += unchanged
+            bad.extend(more)
         if bad:
             self._bad_records(bad)
-        out = [(raw, "data") for raw in self.chunker.feed(lines)]
+        out = [(raw, "data") for raw in self._chunks(self.chunker.feed(lines))]
         out.extend((raw, "rejects") for raw in self.flush_rejects(final=False))
+        return out
+
+    def feed_tombstones(self, lines: Sequence[bytes]) -> list[RawChunk]:
+        """Tombstones go out after every record, through the same chunker."""
+        return self._chunks(self.chunker.feed(lines))
+
+    def finish(self) -> list[RawChunk]:
+        """The last data chunk, when records are left over."""
+        return self._chunks(self.chunker.finish())
+
+    def _chunks(self, chunks: Iterable[RawChunk]) -> list[RawChunk]:
+        # a chunk's records are consecutive among those sent: its first seq places them
+        out = list(chunks)
+        for raw in out:
+            self.seq_starts[raw.chunk_id] = self._seq
+            self._seq += raw.records
         return out
 
     def _bad_records(self, bad: list[BadRecord]) -> None:
@@ -191,11 +231,30 @@ class RouteRun:
             if chunk.state is ChunkState.DEAD_LETTERED:
                 self.rejects_stored += chunk.records
         elif chunk.state is ChunkState.DELIVERED:
-            self.stats.delivered += chunk.records
+            deleted = self._tombstones(chunk)
+            self.stats.delivered += chunk.records - deleted
+            self.stats.tombstones += deleted
             if chunk.target != self.targets[0].name:
                 self.fallbacks += 1
         elif chunk.state is ChunkState.DEAD_LETTERED:
-            self.stats.dead_lettered += chunk.records
+            deleted = self._tombstones(chunk)
+            self.stats.dead_lettered += chunk.records - deleted
+            self.stats.tombstones_dead_lettered += deleted
+
+    def _tombstones(self, chunk: ChunkRecord) -> int:
+        """The tombstones among a data chunk's (or piece's) records: not read from the batch,
+        so they count apart from the records in the reconciliation."""
+        if self.diff is None:
+            return 0
+        whole, _, halves_path = chunk.chunk_id.partition(".")
+        start = self.seq_starts.get(whole)
+        if start is None:
+            return 0
+        size = self.previous[whole].records if whole in self.previous else chunk.records
+        for half in halves_path.split(".") if halves_path else ():
+            middle = (size + 1) // 2
+            start, size = (start, middle) if half == "0" else (start + middle, size - middle)
+        return self.diff.tombstones_in(start, chunk.records)
 
     @property
     def unsettled(self) -> bool:
@@ -239,6 +298,8 @@ async def recut(
     reader = read_records(source, list(objects), format)
     try:
         async for block in reader:
+            if run.diff is not None:
+                await run.diff.prefetch(block)
             for raw, kind in run.cut(block):
                 if kind != "data":
                     continue
@@ -250,6 +311,11 @@ async def recut(
         # stopping early: close the reader now (files, threads), not when collected
         if isinstance(reader, AsyncGenerator):
             await reader.aclose()
-    for raw in run.chunker.finish():
+    if run.diff is not None:
+        async for lines in run.diff.tombstone_lines():
+            for raw in run.feed_tombstones(lines):
+                for piece in cut(raw):
+                    yield piece
+    for raw in run.finish():
         for piece in cut(raw):
             yield piece

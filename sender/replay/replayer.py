@@ -231,6 +231,9 @@ class Replayer:
                 await asyncio.shield(
                     self.ledger.finish_batch(record.batch_id, record.state, routes, record.error)
                 )
+            # a diff route's baseline takes what the replay delivered (it was held back)
+            for route in sorted({item.route for item in report.delivered}):
+                await asyncio.shield(self.app.engine.commit_diff(message, route))
 
     async def _items(
         self, batch_id: str, chunks: Sequence[ChunkRecord], selection: Selection
