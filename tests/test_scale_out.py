@@ -44,6 +44,7 @@ listen = "127.0.0.1:{port}"
 max_batches = 2
 shutdown_grace = "10s"
 lease = "{lease}s"
+allow_uris = ["{lake}/"]  # the replicas share one lake, beside their folders
 
 [trigger]
 type = "amqp"
@@ -103,6 +104,7 @@ def replica_config(folder: Path, *, ledger: str, queue: str, receiver: Receiver)
             amqp=AMQP_URL,
             queue=queue,
             receiver=receiver.url,
+            lake=folder.parent / "lake",
         )
     )
     return path

@@ -156,6 +156,8 @@ def _config(folder: Path, port: int, *, receiver_up: bool) -> Path:
             ledger = "ledger.db"
             listen = "127.0.0.1:{port}"
             token = "{TOKEN}"
+            # the tests' batches live in pytest's temporary folders, beside this one
+            allow_uris = ["{folder.parent.parent}/"]
 
             [trigger]
             type = "http"
