@@ -36,6 +36,8 @@ from .errors import (
     MessageError,
     SenderError,
     SourceError,
+    describe_error,
+    first_error,
 )
 from .hooks import Hooks, isolated
 from .lease import default_owner, hold_lease, take_stale_lease
@@ -201,7 +203,7 @@ class Engine:
         except Exception as exc:
             # a LedgerError, a closed adapter, a bug: the batch still ends in a state, and
             # its trigger message is given back rather than acked
-            state, error = BatchState.INCOMPLETE, _describe(exc)
+            state, error = BatchState.INCOMPLETE, describe_error(exc)
             log.error(
                 "batch.crashed",
                 batch_id=batch_id,
@@ -226,8 +228,8 @@ class Engine:
         try:
             await self.ledger.finish_batch(batch_id, state, {r.name: r.stats for r in runs}, error)
         except Exception as exc:
-            log.error("batch.finish_unrecorded", batch_id=batch_id, error=_describe(exc))
-            return _describe(exc)
+            log.error("batch.finish_unrecorded", batch_id=batch_id, error=describe_error(exc))
+            return describe_error(exc)
         return None
 
     async def _end(
@@ -293,7 +295,7 @@ class Engine:
         try:
             await self._pump(message, source, listing.objects, runs, stop, in_flight)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group, DeadLetterUnavailable, SourceError, SenderError) from None
 
     async def _pump(
         self,
@@ -432,30 +434,3 @@ class Engine:
 def _in_flight_limit(runs: Sequence[RouteRun]) -> int:
     # enough chunks to keep every primary busy, few enough to bound memory
     return max(2, sum(2 * run.targets[0].concurrency for run in runs))
-
-
-def _describe(exc: BaseException) -> str:
-    """An unexpected error as the ledger and the log show it: a ``SenderError`` says what
-    happened in its own words; anything else (a bug) is named by its type too."""
-    if isinstance(exc, SenderError) and str(exc):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error that explains a failed task group: a stop of the batch before anything else."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kind in (DeadLetterUnavailable, SourceError, SenderError):
-        for exc in leaves:
-            if isinstance(exc, kind):
-                return exc
-    return leaves[0] if leaves else group

@@ -62,6 +62,8 @@ __all__ = [
     "SourceError",
     "TriggerError",
     "UsageError",
+    "describe_error",
+    "first_error",
     "map_errors",
 ]
 
@@ -267,3 +269,33 @@ def map_errors(
         if to == "source":
             raise SourceError(error.reason) from exc
         raise error from exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """An unexpected error as the ledger and the log show it: a ``SenderError`` says what
+    happened in its own words; anything else (a bug) is named by its type too."""
+    if isinstance(exc, SenderError) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def first_error(
+    group: BaseExceptionGroup[BaseException], *prefer: type[BaseException]
+) -> BaseException:
+    """The error that explains a failed task group: the first leaf of the first kind in
+    ``prefer`` (the order says what explains a failure best), else the first leaf."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in prefer:
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0] if leaves else group

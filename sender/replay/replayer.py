@@ -43,6 +43,7 @@ from ..errors import (
     SelectionError,
     SenderError,
     SourceError,
+    first_error,
 )
 from ..lease import hold_lease
 from ..log import get_logger
@@ -222,7 +223,7 @@ class Replayer:
                     await queue.put(None)
         except BaseExceptionGroup as failed:
             # a ledger or source failure: raise it as itself (the CLI prints SenderErrors)
-            raise _first_leaf(failed) from None
+            raise first_error(failed) from None
         finally:
             if routes != record.routes:
                 # the reconciliation follows the chunks: dead-lettered records now delivered.
@@ -439,10 +440,3 @@ class Replayer:
             bytes=len(chunk.payload),
             **fields,
         )
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup) and first.exceptions:
-        first = first.exceptions[0]
-    return first
