@@ -138,7 +138,7 @@ def ensure_next_day(data: DataSet) -> tuple[Path, int]:
     """The day after ``data``: the same records with 5% of scores changed, 1% gone and 1% new
     (``<set>/jsonl-day2``), for the diff-sync scenario; its folder and record count."""
     folder = data.jsonl.parent / "jsonl-day2"
-    meta = folder / "meta.json"
+    meta = data.jsonl.parent / "day2-meta.json"  # beside the batch: inside, it is a record
     if not (folder / "_SUCCESS").exists() or not meta.exists():
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():
