@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from .chunker import RawChunk
 from .errors import CircuitOpenError, DeadLetterUnavailable, DeliveryError, PermanentError
 from .hooks import Hooks
-from .log import get_logger
+from .log import get_logger, mask, mask_optional
 from .model import ChunkState, EncodedChunk, TriggerMessage, idempotency_key
 from .ports import ChunkRecord, Ledger
 from .routing import SPLIT_TARGET, RouteRun, encode_chunk, halves
@@ -93,7 +93,7 @@ class ChunkDelivery:
             # split before a restart: split again (the pieces already done are not resent),
             # never send the whole chunk, whose delivered pieces would arrive twice
             record.attempts = before.attempts
-            return await self._split(message, run, raw, record, 0, before.last_error or "")
+            return await self._split(message, run, raw, record, 0, mask(before.last_error or ""))
         if kind == "data":
             for position, target in enumerate(run.targets):
                 if position < first_target:
@@ -113,7 +113,7 @@ class ChunkDelivery:
                     continue
                 except DeliveryError as exc:
                     record.attempts += exc.attempts or 1
-                    errors.append(f"{target.name}: {exc}")
+                    errors.append(mask(f"{target.name}: {exc}"))
                     permanent = isinstance(exc, PermanentError)
                     if (
                         isinstance(exc, PermanentError)
@@ -131,12 +131,12 @@ class ChunkDelivery:
                         **fields,
                     )
                     if position + 1 < len(run.targets):
-                        self.hooks.fallback(run.name, target.name, str(exc))
+                        self.hooks.fallback(run.name, target.name, mask(str(exc)))
                     continue
                 record.attempts += delivered.attempts
                 record.state = ChunkState.DELIVERED
                 record.target = target.name
-                record.location = delivered.receipt.location
+                record.location = mask_optional(delivered.receipt.location)
                 record.checksum = chunk.checksum
                 record.last_error = errors[-1] if errors else None
                 log.debug(
@@ -251,7 +251,7 @@ class ChunkDelivery:
             delivered = await target.send_ignoring_circuit(chunk, **fields)
         except DeliveryError as exc:
             record.state = ChunkState.FAILED
-            record.last_error = f"{reason}; dead-letter {target.name}: {exc}"
+            record.last_error = mask(f"{reason}; dead-letter {target.name}: {exc}")
             await self.ledger.save_chunks([record])
             log.error("chunk.dead_letter_failed", target=target.name, error=str(exc), **fields)
             raise DeadLetterUnavailable(
@@ -260,7 +260,7 @@ class ChunkDelivery:
             ) from exc
         record.state = ChunkState.DEAD_LETTERED
         record.target = target.name
-        record.location = delivered.receipt.location
+        record.location = mask_optional(delivered.receipt.location)
         record.checksum = chunk.checksum
         record.last_error = reason
         if kind == "data":

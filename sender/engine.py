@@ -41,7 +41,7 @@ from .errors import (
 )
 from .hooks import Hooks, isolated
 from .lease import default_owner, hold_lease, take_stale_lease
-from .log import get_logger
+from .log import get_logger, mask_optional
 from .model import BatchState, EncodedChunk, ObjectInfo, TriggerMessage, chunk_sort_key
 from .outcome import BatchOutcome
 from .ports import (
@@ -241,6 +241,7 @@ class Engine:
         started: float,
     ) -> BatchOutcome:
         batch_id = message.batch_id
+        error = mask_optional(error)  # stored in the ledger and shown: no secret in it
         routes = {r.name: r.stats for r in runs}
         if state is BatchState.COMPLETE and message.expected_records is not None:
             read = max((s.read for s in routes.values()), default=0)

@@ -6,13 +6,17 @@ The format is chosen, first to last: ``--log-format``, ``[daemon] log_format``, 
 
 Every secret the config loads (``${file:...}`` values, tokens, header values, passwords in
 URLs) is registered here, and a processor replaces it in every log line, whatever field or
-exception text carries it.
+exception text carries it. ``mask`` also hides the value of every credential-looking query
+parameter (``?api_key=``, ``&token=``, ``sig=``...) in any URL inside the text: it is the one
+function every error, location and status line passes through before it is stored (ledger,
+dead-letter metadata) or shown (status, API, page, logs).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -25,6 +29,7 @@ __all__ = [
     "forget_secret",
     "get_logger",
     "mask",
+    "mask_optional",
     "mask_values",
     "register_secret",
 ]
@@ -47,11 +52,28 @@ def forget_secret(value: str | None) -> None:
     _secrets.discard(value or "")
 
 
+# query parameters whose value is a credential, wherever a URL shows up in a text (presigned
+# S3 and GCS URLs included); the names match whole and case-insensitively
+_CREDENTIAL_PARAMS = (
+    "api_key|apikey|key|token|access_token|secret|signature|sig|password"
+    "|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+)
+_CREDENTIAL_QUERY = re.compile(rf"([?&;](?:{_CREDENTIAL_PARAMS})=)[^&;#\s\"'<>]+", re.IGNORECASE)
+
+
 def mask(text: str) -> str:
+    """``text`` with every registered secret and every credential query value as ``***``."""
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
+    if "=" in text:
+        text = _CREDENTIAL_QUERY.sub(rf"\g<1>{MASK}", text)
     return text
+
+
+def mask_optional(text: str | None) -> str | None:
+    """``mask`` for a value that may be absent (a chunk's location, a batch's error)."""
+    return None if text is None else mask(text)
 
 
 def mask_values(value: Any) -> Any:
@@ -66,8 +88,6 @@ def mask_values(value: Any) -> Any:
 
 
 def _mask_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    if not _secrets:
-        return event_dict
     return {key: mask_values(value) for key, value in event_dict.items()}
 
 

@@ -46,7 +46,7 @@ from ..errors import (
     first_error,
 )
 from ..lease import hold_lease
-from ..log import get_logger
+from ..log import get_logger, mask, mask_optional
 from ..model import ChunkState, EncodedChunk, ObjectInfo, TriggerMessage
 from ..ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
 from ..targets import Target
@@ -413,16 +413,16 @@ class Replayer:
                 chunk, batch_id=chunk.batch_id, route=item.route, chunk=item.chunk_id
             )
         except DeliveryError as exc:
-            item.state, item.attempts, item.error = "failed", exc.attempts or 1, str(exc)
+            item.state, item.attempts, item.error = "failed", exc.attempts or 1, mask(str(exc))
             log.warning("replay.chunk_failed", target=target.name, error=str(exc), **fields)
             return
         item.state, item.attempts = "delivered", delivered.attempts
-        item.location = delivered.receipt.location
+        item.location = mask_optional(delivered.receipt.location)
         after = dataclasses.replace(
             before,
             state=ChunkState.DELIVERED,
             target=target.name,
-            location=delivered.receipt.location,
+            location=item.location,
             attempts=before.attempts + delivered.attempts,
             checksum=chunk.checksum,
         )
