@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import MessageError
 
 __all__ = [
+    "MAX_BATCH_ID_BYTES",
     "BadRecord",
     "BatchState",
     "ChunkState",
@@ -27,6 +28,10 @@ __all__ = [
 ]
 
 Format = Literal["jsonl", "csv", "parquet"]
+
+MAX_BATCH_ID_BYTES = 200
+"""A batch id's limit in UTF-8 bytes: with the chunk and suffixes it makes file names (at most
+255 bytes on ext4, XFS, APFS...) and object keys."""
 
 
 class TriggerMessage(BaseModel):
@@ -52,6 +57,14 @@ class TriggerMessage(BaseModel):
         # batch ids end up in headers, object names and file names
         if not value.isprintable() or "/" in value or value in {".", ".."}:
             raise ValueError("must be printable and contain no '/'")
+        # file names are limited in bytes (255 on every common filesystem), not characters:
+        # an id that fits in characters but not in bytes would fail only when its spool copy
+        # or dead letters are written, and be retried forever
+        size = len(value.encode("utf-8"))
+        if size > MAX_BATCH_ID_BYTES:
+            raise ValueError(
+                f"is {size} bytes in UTF-8, more than the {MAX_BATCH_ID_BYTES} a batch id may have"
+            )
         return value
 
     def to_json(self) -> bytes:

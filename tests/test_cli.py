@@ -129,6 +129,13 @@ async def test_send_exits_2_on_usage_and_config_errors(
     code, _, err = await sender("send", str(batch), "-c", str(config))  # no --dataset
     assert code == 2 and "--dataset" in err
 
+    for bad, reason in [("a/b", "contain no '/'"), ("é" * 101, "202 bytes in UTF-8")]:
+        code, out, err = await sender(
+            "send", str(batch), "--dataset", "churn", "--batch-id", bad, "-c", str(config)
+        )
+        assert code == 2 and "--batch-id: " in err and reason in err
+        assert "Traceback" not in out + err
+
 
 async def test_config_check_names_every_bad_key_path_and_exits_2(tmp_path: Path) -> None:
     bad = write_config(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import EXIT_INCOMPLETE, EXIT_OK, ConfigError, MessageError
+from ..errors import EXIT_INCOMPLETE, EXIT_OK, ConfigError, MessageError, UsageError
 from ..log import configure_logging, mask
 from ._common import console, load, log_format, print_json
 
 if TYPE_CHECKING:
+    from ..model import TriggerMessage
     from ._common import Subcommands
 
 __all__ = ["cmd_run", "cmd_send", "cmd_trigger", "derive_batch_id", "register"]
@@ -35,7 +36,6 @@ def derive_batch_id(dataset: str, uri: str, versions: Sequence[str]) -> str:
 async def cmd_send(args: argparse.Namespace) -> int:
     from ..app import App
     from ..batch_source import list_source
-    from ..model import TriggerMessage
     from ..progress import SendProgress
 
     out, err = console.out, console.err
@@ -43,6 +43,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.route or ()) - set(config.routes))
     if unknown:
         raise ConfigError(f"--route: unknown routes {unknown} (known: {sorted(config.routes)})")
+    if args.batch_id is not None:
+        _send_message(args, args.batch_id)  # a bad id is a usage error before any work
     progress = SendProgress(err) if err.is_terminal and not args.quiet else None
     async with App(config, hooks=progress) as app:
         batch_id = args.batch_id
@@ -50,14 +52,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
             _, listing = await list_source(config, app.source_for, args.uri)
             versions = [f"{o.uri}:{o.size}:{o.version}" for o in listing.objects]
             batch_id = derive_batch_id(args.dataset, args.uri, versions)
-        message = TriggerMessage(
-            batch_id=batch_id,
-            dataset=args.dataset,
-            uri=args.uri,
-            format=args.format,
-            routes=tuple(args.route) if args.route else None,
-            full=args.full,
-        )
+        message = _send_message(args, batch_id)
         if progress is not None:
             with progress:
                 outcome = await app.engine.run_batch(message)
@@ -86,6 +81,26 @@ async def cmd_send(args: argparse.Namespace) -> int:
         out.print(outcome_table(outcome.routes))
         out.print(reconciliation_line(outcome.totals))
     return EXIT_OK if outcome.ok else EXIT_INCOMPLETE
+
+
+def _send_message(args: argparse.Namespace, batch_id: str) -> TriggerMessage:
+    """The message ``sender send`` runs; ``UsageError`` (exit 2) naming what is wrong."""
+    from ..model import parse_trigger_message
+
+    fields: dict[str, Any] = {
+        "batch_id": batch_id,
+        "dataset": args.dataset,
+        "uri": args.uri,
+        "format": args.format,
+        "routes": list(args.route) if args.route else None,
+        "full": args.full,
+    }
+    try:
+        return parse_trigger_message(fields)
+    except MessageError as exc:
+        raise UsageError(
+            str(exc).replace("batch_id:", "--batch-id:").replace("Value error, ", "")
+        ) from None
 
 
 async def cmd_trigger(args: argparse.Namespace) -> int:
