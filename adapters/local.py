@@ -81,6 +81,9 @@ class LocalSource(Resource):
         return str(_path(obj.uri))
 
     async def open(self, obj: ObjectInfo) -> AsyncIterator[bytes]:
+        """The file's bytes, checked to be the file that was listed: a file replaced or
+        rewritten since the listing, or while it is read, is a ``SourceError`` naming it (the
+        batch fails rather than being marked complete with records never sent or torn)."""
         self._check_open()
         size = self.options.read_size
         try:
@@ -88,8 +91,20 @@ class LocalSource(Resource):
         except OSError as exc:
             raise SourceError(f"{obj.uri}: cannot open: {exc.strerror}") from exc
         try:
+            _same_as_listed(obj, os.fstat(file.fileno()), "since it was listed")
+            read = 0
             while piece := await asyncio.to_thread(file.read, size):
+                read += len(piece)
                 yield piece
+            # the descriptor sees an in-place rewrite (mtime, size); a rename over the path
+            # leaves it on the file that was listed, which is then read whole and unchanged
+            after = os.fstat(file.fileno())
+            _same_as_listed(obj, after, "while it was read")
+            if read != obj.size:
+                raise SourceError(
+                    f"{obj.uri}: changed while it was read: {read} bytes read, "
+                    f"{obj.size} listed; run the batch again once the file is final"
+                )
         except OSError as exc:
             raise SourceError(f"{obj.uri}: read failed: {exc.strerror}") from exc
         finally:
@@ -109,6 +124,14 @@ class LocalSource(Resource):
     async def aclose(self) -> None:
         """Refuse further use; idempotent (nothing is held open between calls)."""
         self._closed = True
+
+
+def _same_as_listed(obj: ObjectInfo, stat: os.stat_result, when: str) -> None:
+    if obj.version and _version(stat) != obj.version:
+        raise SourceError(
+            f"{obj.uri}: changed {when} (size {obj.size} -> {stat.st_size}, or its "
+            "modification time); run the batch again once the file is final"
+        )
 
 
 def _raise(exc: OSError) -> None:
