@@ -202,21 +202,17 @@ class Target:
             await self._wait_pause(budget_s - (budget_clock() - started), log_fields)
             waiting = clock()
             async with self.limiter.slot():
-                if self.rate_limiter is not None:
-                    waited = await self.rate_limiter.acquire(chunk.records)
-                    if waited > 0:
-                        if self.metrics is not None:
-                            self.metrics.rate_limit_wait(self.name, waited)
-                        log.debug(
-                            "ratelimit.wait",
-                            target=self.name,
-                            wait_s=round(waited, 3),
-                            rate=str(self.rate_limiter.rate),
-                            **log_fields,
-                        )
-                queued += clock() - waiting
-                # a receiver may have paused us while we queued
-                await self._wait_pause(budget_s - (budget_clock() - started), log_fields)
+                while True:
+                    await self._take_tokens(chunk.records, log_fields)
+                    queued += clock() - waiting
+                    # a receiver may have paused us while we queued; tokens taken before a
+                    # pause are not spent after it, or every waiting chunk would go at once
+                    paused = await self._wait_pause(
+                        budget_s - (budget_clock() - started), log_fields
+                    )
+                    if not paused or self.rate_limiter is None:
+                        break
+                    waiting = clock()
                 self._refuse_if_gone()  # or said it is gone while we queued or backed off
                 attempts += 1
                 sent = clock()
@@ -305,10 +301,26 @@ class Target:
         if self.metrics is not None:
             self.metrics.concurrency(self.name, limit)
 
-    async def _wait_pause(self, budget_left_s: float, log_fields: dict[str, Any]) -> None:
+    async def _take_tokens(self, records: int, log_fields: dict[str, Any]) -> None:
+        if self.rate_limiter is None:
+            return
+        waited = await self.rate_limiter.acquire(records)
+        if waited > 0:
+            if self.metrics is not None:
+                self.metrics.rate_limit_wait(self.name, waited)
+            log.debug(
+                "ratelimit.wait",
+                target=self.name,
+                wait_s=round(waited, 3),
+                rate=str(self.rate_limiter.rate),
+                **log_fields,
+            )
+
+    async def _wait_pause(self, budget_left_s: float, log_fields: dict[str, Any]) -> float:
+        """Wait out the receiver's pause; the seconds waited (0 when not paused)."""
         remaining = self.pause.remaining()
         if remaining <= 0 or is_testing():
-            return
+            return 0.0
         if remaining >= budget_left_s:
             raise _Abort(
                 RetryableError(
@@ -321,7 +333,7 @@ class Target:
         log.debug(
             "ratelimit.paused_wait", target=self.name, wait_s=round(remaining, 3), **log_fields
         )
-        await self.pause.wait()
+        return await self.pause.wait()
 
     def _pushed_back(self, error: RetryableError, log_fields: dict[str, Any]) -> None:
         if error.retry_after and self.pause.extend(error.retry_after):

@@ -17,7 +17,7 @@ from tests.chaos.scenario import config_text, http_destination, ids, make_batch
 pytestmark = pytest.mark.chaos
 
 RECORDS = 10_000  # 100 chunks of 100
-RATE = 50.0  # requests per second; the bucket holds one second's worth
+RATE = 50.0  # requests per second
 PAUSE_S = 0.3
 
 
