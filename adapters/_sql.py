@@ -17,13 +17,22 @@ from typing import Any, Protocol
 
 from sender.errors import LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, chunk_sort_key
-from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, RouteStats
+from sender.ports import (
+    BatchRecord,
+    ChunkRecord,
+    InboxMessage,
+    InboxOutcome,
+    PlanRow,
+    RouteStats,
+)
 
 __all__ = [
     "BATCH_SELECT",
     "CHUNK_COLUMNS",
     "CHUNK_KEY",
     "INBOX_COLUMNS",
+    "PLAN_COLUMNS",
+    "PLAN_PAGES",
     "Migration",
     "Placeholder",
     "Row",
@@ -35,6 +44,8 @@ __all__ = [
     "chunk_values",
     "inbox_message",
     "objects_value",
+    "plan_page_sql",
+    "plan_row",
     "route_stats",
     "routes_value",
     "sort_chunks",
@@ -270,3 +281,36 @@ def check_outcome(outcome: InboxOutcome) -> None:
 
 def unknown_batch(batch_id: str) -> LedgerError:
     return LedgerError(f"unknown batch {batch_id!r}")
+
+
+# -- diff sync's plans (sqlite_diff, postgres_diff) -------------------------------------------
+
+PLAN_COLUMNS = ("kind", "ordinal", "seq", "key", "hash", "reason")
+
+# the two ways a plan is read back, a page at a time: records by ordinal, tombstones by seq;
+# the SELECT is completed with the dialect's placeholders for batch, route, after and limit
+PLAN_PAGES = {
+    "records": ("ordinal", "kind <> 'delete'"),
+    "tombstones": ("seq", "kind = 'delete'"),
+}
+
+
+def plan_page_sql(which: str, p: Placeholder) -> str:
+    """The SELECT of one page of a plan (``PLAN_PAGES``) with placeholders ``p(1..4)``."""
+    order, kind = PLAN_PAGES[which]
+    return (
+        f"SELECT {', '.join(PLAN_COLUMNS)} FROM diff_plans WHERE batch_id = {p(1)}"
+        f" AND route = {p(2)} AND {order} > {p(3)} AND {kind} ORDER BY {order} LIMIT {p(4)}"
+    )
+
+
+def plan_row(row: Row) -> PlanRow:
+    key, digest = row["key"], row["hash"]
+    return PlanRow(
+        row["kind"],
+        row["ordinal"],
+        row["seq"],
+        None if key is None else bytes(key),
+        None if digest is None else bytes(digest),
+        row["reason"],
+    )

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
-
 from sender.ports import PlanRow
-from sender_adapters._sql import Migration
+from sender_adapters._sql import PLAN_COLUMNS, Migration, plan_page_sql, plan_row
 from sender_adapters.postgres_store import PostgresStore, affected
 
 __all__ = ["DIFF_MIGRATION", "PostgresDiff"]
@@ -53,19 +51,7 @@ DIFF_MIGRATION: Migration = (
     """,
 )
 
-_COLUMNS = ("batch_id", "route", "kind", "ordinal", "seq", "key", "hash", "reason")
-_ROW = "kind, ordinal, seq, key, hash, reason"
-
-
-def _plan_row(row: asyncpg.Record) -> PlanRow:
-    return PlanRow(
-        row["kind"],
-        row["ordinal"],
-        row["seq"],
-        row["key"],
-        row["hash"],
-        row["reason"],
-    )
+_COLUMNS = ("batch_id", "route", *PLAN_COLUMNS)
 
 
 class PostgresDiff(PostgresStore):
@@ -126,30 +112,20 @@ class PostgresDiff(PostgresStore):
     async def plan_page(
         self, batch_id: str, route: str, after_ordinal: int, limit: int
     ) -> list[PlanRow]:
-        async with self._transaction() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_ROW} FROM diff_plans WHERE batch_id = $1 AND route = $2"
-                " AND ordinal > $3 AND kind <> 'delete' ORDER BY ordinal LIMIT $4",
-                batch_id,
-                route,
-                after_ordinal,
-                limit,
-            )
-        return [_plan_row(row) for row in rows]
+        return await self._plan_page("records", batch_id, route, after_ordinal, limit)
 
     async def tombstone_page(
         self, batch_id: str, route: str, after_seq: int, limit: int
     ) -> list[PlanRow]:
+        return await self._plan_page("tombstones", batch_id, route, after_seq, limit)
+
+    async def _plan_page(
+        self, which: str, batch_id: str, route: str, after: int, limit: int
+    ) -> list[PlanRow]:
         async with self._transaction() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_ROW} FROM diff_plans WHERE batch_id = $1 AND route = $2"
-                " AND seq > $3 AND kind = 'delete' ORDER BY seq LIMIT $4",
-                batch_id,
-                route,
-                after_seq,
-                limit,
-            )
-        return [_plan_row(row) for row in rows]
+            sql = plan_page_sql(which, lambda n: f"${n}")
+            rows = await conn.fetch(sql, batch_id, route, after, limit)
+        return [plan_row(row) for row in rows]
 
     async def commit_baseline(
         self,

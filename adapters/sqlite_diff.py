@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from sender.ports import PlanRow
-from sender_adapters._sql import Migration
+from sender_adapters._sql import PLAN_COLUMNS, Migration, plan_page_sql, plan_row
 from sender_adapters.sqlite_store import SqliteStore
 
 __all__ = ["DIFF_MIGRATION", "SqliteDiff"]
@@ -52,19 +52,6 @@ DIFF_MIGRATION: Migration = (
     """,
 )
 
-_ROW = "kind, ordinal, seq, key, hash, reason"
-
-
-def _plan_row(row: sqlite3.Row) -> PlanRow:
-    return PlanRow(
-        row["kind"],
-        row["ordinal"],
-        row["seq"],
-        row["key"],
-        row["hash"],
-        row["reason"],
-    )
-
 
 class SqliteDiff(SqliteStore):
     """The ``DiffStore`` port on the ``diff_*`` tables (see the ``DiffStore`` Protocol)."""
@@ -102,7 +89,8 @@ class SqliteDiff(SqliteStore):
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                f"INSERT INTO diff_plans (batch_id, route, {_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO diff_plans (batch_id, route, {', '.join(PLAN_COLUMNS)})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
 
@@ -130,26 +118,20 @@ class SqliteDiff(SqliteStore):
     async def plan_page(
         self, batch_id: str, route: str, after_ordinal: int, limit: int
     ) -> list[PlanRow]:
-        def run(conn: sqlite3.Connection) -> list[PlanRow]:
-            rows = conn.execute(
-                f"SELECT {_ROW} FROM diff_plans WHERE batch_id = ? AND route = ?"
-                " AND ordinal > ? AND kind != 'delete' ORDER BY ordinal LIMIT ?",
-                (batch_id, route, after_ordinal, limit),
-            )
-            return [_plan_row(row) for row in rows]
-
-        return await self._call(run)
+        return await self._plan_page("records", batch_id, route, after_ordinal, limit)
 
     async def tombstone_page(
         self, batch_id: str, route: str, after_seq: int, limit: int
     ) -> list[PlanRow]:
+        return await self._plan_page("tombstones", batch_id, route, after_seq, limit)
+
+    async def _plan_page(
+        self, which: str, batch_id: str, route: str, after: int, limit: int
+    ) -> list[PlanRow]:
+        sql = plan_page_sql(which, lambda _n: "?")
+
         def run(conn: sqlite3.Connection) -> list[PlanRow]:
-            rows = conn.execute(
-                f"SELECT {_ROW} FROM diff_plans WHERE batch_id = ? AND route = ?"
-                " AND seq > ? AND kind = 'delete' ORDER BY seq LIMIT ?",
-                (batch_id, route, after_seq, limit),
-            )
-            return [_plan_row(row) for row in rows]
+            return [plan_row(row) for row in conn.execute(sql, (batch_id, route, after, limit))]
 
         return await self._call(run)
 
