@@ -17,6 +17,7 @@ from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 from sender_adapters.memory_diff import MemoryDiff
+from sender_adapters.memory_outbox import MemoryOutbox
 
 __all__ = ["MemoryLedger"]
 
@@ -29,7 +30,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class MemoryLedger(MemoryDiff, Resource):
+class MemoryLedger(MemoryOutbox, MemoryDiff, Resource):
     """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
     (including ``record_replay``/``replays``, the inbox and diff sync's ``DiffStore``),
     nothing durable.
@@ -53,6 +54,7 @@ class MemoryLedger(MemoryDiff, Resource):
         self._sequence = itertools.count(1)
         self._closed = False
         self._init_diff()
+        self._init_outbox()
 
     @classmethod
     def from_url(

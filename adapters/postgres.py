@@ -51,13 +51,13 @@ from sender_adapters._sql import (
     chunk_record,
     chunk_values,
     objects_value,
-    routes_value,
     sort_chunks,
     unknown_batch,
     upsert,
 )
 from sender_adapters.postgres_diff import DIFF_MIGRATION, PostgresDiff
 from sender_adapters.postgres_inbox import INBOX_MIGRATION, PostgresInbox
+from sender_adapters.postgres_outbox import OUTBOX_MIGRATION, PostgresOutbox, finish_row
 from sender_adapters.postgres_store import NOW, affected
 
 __all__ = ["MIGRATIONS", "PostgresLedger"]
@@ -127,6 +127,8 @@ _BATCHES: Migration = (
 
 # Version N of the schema is MIGRATIONS[:N]. Append new steps; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
+# the outbox of completion events (sender.events)
+MIGRATIONS += (OUTBOX_MIGRATION,)
 
 # $1 is the clock (NOW) in every statement that takes it
 _SAVE_CHUNKS = upsert(
@@ -153,7 +155,7 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
     return batch_record(row)
 
 
-class PostgresLedger(PostgresInbox, PostgresDiff):
+class PostgresLedger(PostgresInbox, PostgresDiff, PostgresOutbox):
     """The ``Ledger``, ``ReplayLog``, ``Inbox`` and ``DiffStore`` ports on PostgreSQL (see
     the module docstring); ``PostgresLedger(dsn, clock=)`` or ``from_url``: see
     ``PostgresStore``."""
@@ -223,21 +225,8 @@ class PostgresLedger(PostgresInbox, PostgresDiff):
     ) -> None:
         """Store the outcome, the routes' reconciliation and ``finished_at``; ``LedgerError``
         for an unknown batch."""
-        body = routes_value(routes)
         async with self._transaction() as conn:
-            status = await conn.execute(
-                f"""
-                UPDATE batches SET state = $2, routes = $3, error = $4, finished_at = {NOW}
-                WHERE batch_id = $5
-                """,
-                self._now(),
-                BatchState(state).value,
-                body,
-                error,
-                batch_id,
-            )
-        if affected(status) == 0:
-            raise unknown_batch(batch_id)
+            await finish_row(conn, self._now(), batch_id, state, routes, error)
 
     async def chunks(self, batch_id: str, route: str | None = None) -> list[ChunkRecord]:
         """The batch's chunks ordered by route, then chunk id in natural order."""

@@ -36,13 +36,13 @@ from sender_adapters._sql import (
     chunk_record,
     chunk_values,
     objects_value,
-    routes_value,
     sort_chunks,
     unknown_batch,
     upsert,
 )
 from sender_adapters.sqlite_diff import DIFF_MIGRATION, SqliteDiff
 from sender_adapters.sqlite_inbox import INBOX_MIGRATION, SqliteInbox
+from sender_adapters.sqlite_outbox import OUTBOX_MIGRATION, SqliteOutbox, finish_row
 from sender_adapters.sqlite_store import dt, ts
 
 __all__ = ["MIGRATIONS", "SqliteLedger"]
@@ -110,6 +110,8 @@ _BATCHES: Migration = (
 
 # Version N of the schema is MIGRATIONS[:N]. Append new steps; never edit a released one.
 MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
+# the outbox of completion events (sender.events)
+MIGRATIONS += (OUTBOX_MIGRATION,)
 
 _TAKE_LEASE = upsert("leases", ("batch_id", "owner", "expires"), ("batch_id",), ("?", "?", "?"))
 _SAVE_CHUNKS = upsert("chunks", CHUNK_COLUMNS, CHUNK_KEY, ["?"] * len(CHUNK_COLUMNS))
@@ -140,7 +142,7 @@ def _require_batch(conn: sqlite3.Connection, batch_id: str) -> sqlite3.Row:
     return row
 
 
-class SqliteLedger(SqliteInbox, SqliteDiff):
+class SqliteLedger(SqliteInbox, SqliteDiff, SqliteOutbox):
     """The ``Ledger``, ``ReplayLog`` and ``Inbox`` ports on a SQLite file (the embedded
     default). ``SqliteLedger(path, clock=)``: see ``SqliteStore``."""
 
@@ -224,18 +226,9 @@ class SqliteLedger(SqliteInbox, SqliteDiff):
         """Store the outcome, the routes' reconciliation and ``finished_at``; ``LedgerError``
         for an unknown batch."""
         now = ts(self._now())
-        body = orjson.dumps(routes_value(routes)).decode()
 
         def run(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                """
-                UPDATE batches SET state = ?, routes = ?, error = ?, finished_at = ?
-                WHERE batch_id = ?
-                """,
-                (BatchState(state).value, body, error, now, batch_id),
-            )
-            if cursor.rowcount == 0:
-                raise unknown_batch(batch_id)
+            finish_row(conn, now, batch_id, state, routes, error)
 
         await self._call(run, write=True)
 

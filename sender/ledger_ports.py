@@ -3,7 +3,8 @@
 - ``Ledger``: batch and chunk state, the source's objects, leases (every ledger);
 - ``ReplayLog``: the audit trail of ``sender replay`` (``sender status`` shows it);
 - ``Inbox``: the durable queue of the ``http`` trigger (messages POSTed to the daemon);
-- ``DiffStore``: diff sync's baseline per route and each batch's frozen plan (``sender.diff``).
+- ``DiffStore``: diff sync's baseline per route and each batch's frozen plan (``sender.diff``);
+- ``Outbox``: completion events written with the batch's end, delivered later (``sender.events``).
 
 A ledger class registers under the ``sender.ledgers`` entry-point group and declares the URL
 schemes it serves (``LedgerType``); ``daemon.ledger``'s scheme picks it. Re-exported by
@@ -28,6 +29,8 @@ __all__ = [
     "InboxOutcome",
     "Ledger",
     "LedgerType",
+    "Outbox",
+    "OutboxEvent",
     "PlanKind",
     "PlanRow",
     "ReplayLog",
@@ -360,3 +363,80 @@ class InboxMessage:
     lease_expires: datetime | None = None
     settled_at: datetime | None = None
     reason: str | None = None  # why it was rejected
+
+
+@dataclass(slots=True)
+class OutboxEvent:
+    """A completion event waiting in the ledger's outbox for one destination.
+
+    ``body`` is the whole CloudEvent (JSON), built when the batch ended; ``event_id`` is its
+    ``id``, the same for every delivery of one outcome. ``(event_id, destination)`` is the
+    row's key. ``state`` is ``pending`` until delivered (``delivered``)."""
+
+    event_id: str
+    destination: str
+    batch_id: str
+    type: str
+    body: bytes
+    state: str = "pending"
+    created_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    owner: str | None = None
+    lease_expires: datetime | None = None
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """Optional for a ledger: the outbox of completion events (``[daemon] notify``).
+
+    An event is written in the transaction that finishes its batch, so a batch never ends
+    without its event, nor an event exists for an end that was not recorded; then it is
+    claimed (leased, like the inbox: two owners never hold the same event at once) and
+    settled, delivered or failed with the time of its next attempt. At least once.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def finish_batch_with_events(
+        self,
+        batch_id: str,
+        state: BatchState,
+        routes: dict[str, RouteStats],
+        error: str | None,
+        events: Sequence[OutboxEvent],
+    ) -> None:
+        """``Ledger.finish_batch`` and the events (pending, due now) in one transaction. An
+        event whose ``(event_id, destination)`` is already there is left as it is (the same
+        outcome recorded twice is one event)."""
+        ...
+
+    async def claim_events(self, owner: str, limit: int, lease_s: float) -> list[OutboxEvent]:
+        """Lease up to ``limit`` pending events that are due (``next_attempt_at`` passed) and
+        free (no lease, or an expired one) to ``owner`` for ``lease_s``, oldest first."""
+        ...
+
+    async def settle_event(
+        self,
+        event_id: str,
+        destination: str,
+        *,
+        error: str | None = None,
+        retry_in_s: float = 0.0,
+    ) -> None:
+        """Without ``error``: delivered, never claimed again. With one: still pending,
+        ``attempts`` + 1, ``last_error`` kept, due again ``retry_in_s`` from now, lease
+        cleared. Unknown events are ignored (nothing to settle)."""
+        ...
+
+    async def pending_events(self, limit: int = 100) -> list[OutboxEvent]:
+        """Events not delivered yet, oldest first (``sender status``, ``/readyz``)."""
+        ...
+
+    async def get_event(self, event_id: str, destination: str) -> OutboxEvent | None: ...

@@ -1,9 +1,10 @@
 """A ledger wrapper that counts the ledger's failures, by operation, through a callback.
 
 ``metered(ledger, on_error=metrics.ledger_error)`` returns a wrapper that implements exactly
-the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog``, ``Inbox``
-and ``DiffStore`` when the inner one has them), so ``isinstance`` checks at wiring see the
-truth: the wrapper's class is composed of one mixin per ability the inner ledger has.
+the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog``,
+``Inbox``, ``DiffStore`` and ``Outbox`` when the inner one has them), so ``isinstance``
+checks at wiring see the truth: the wrapper's class is composed of one mixin per ability
+the inner ledger has.
 Every ``LedgerError`` a call raises calls ``on_error(operation)`` (the method's name) and is
 raised again; results and other errors pass through untouched. The wrapper opens and closes
 its inner ledger.
@@ -25,6 +26,8 @@ from .ledger_ports import (
     InboxMessage,
     InboxOutcome,
     Ledger,
+    Outbox,
+    OutboxEvent,
     PlanRow,
     ReplayLog,
     RouteStats,
@@ -43,6 +46,7 @@ class _Counting:
     _replay_log: ReplayLog
     _inbox: Inbox
     _diff: DiffStore
+    _outbox: Outbox
 
     async def _count(self, operation: str, call: Awaitable[_T]) -> _T:
         try:
@@ -65,6 +69,8 @@ class MeteredLedger(_Counting):
             self._inbox = ledger
         if isinstance(ledger, DiffStore):
             self._diff = ledger
+        if isinstance(ledger, Outbox):
+            self._outbox = ledger
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._ledger!r})"
@@ -204,11 +210,45 @@ class _DiffStoreCalls(_Counting):
         return await self._count("commit_baseline", call)
 
 
+class _OutboxCalls(_Counting):
+    async def finish_batch_with_events(
+        self,
+        batch_id: str,
+        state: BatchState,
+        routes: dict[str, RouteStats],
+        error: str | None,
+        events: Sequence[OutboxEvent],
+    ) -> None:
+        call = self._outbox.finish_batch_with_events(batch_id, state, routes, error, events)
+        await self._count("finish_batch_with_events", call)
+
+    async def claim_events(self, owner: str, limit: int, lease_s: float) -> list[OutboxEvent]:
+        return await self._count("claim_events", self._outbox.claim_events(owner, limit, lease_s))
+
+    async def settle_event(
+        self,
+        event_id: str,
+        destination: str,
+        *,
+        error: str | None = None,
+        retry_in_s: float = 0.0,
+    ) -> None:
+        call = self._outbox.settle_event(event_id, destination, error=error, retry_in_s=retry_in_s)
+        await self._count("settle_event", call)
+
+    async def pending_events(self, limit: int = 100) -> list[OutboxEvent]:
+        return await self._count("pending_events", self._outbox.pending_events(limit))
+
+    async def get_event(self, event_id: str, destination: str) -> OutboxEvent | None:
+        return await self._count("get_event", self._outbox.get_event(event_id, destination))
+
+
 # each optional ability of a ledger, and the mixin that passes its calls through
 _ABILITIES: tuple[tuple[type, type[_Counting]], ...] = (
     (ReplayLog, _ReplayLogCalls),
     (Inbox, _InboxCalls),
     (DiffStore, _DiffStoreCalls),
+    (Outbox, _OutboxCalls),
 )
 
 
@@ -221,7 +261,7 @@ def _wrapper(abilities: tuple[bool, ...]) -> type[MeteredLedger]:
 
 def metered(ledger: Ledger, *, on_error: OnError) -> MeteredLedger:
     """``ledger`` wrapped so that each ``LedgerError`` calls ``on_error(operation)``; the
-    wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``) exactly when
-    ``ledger`` does."""
+    wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox``)
+    exactly when ``ledger`` does."""
     abilities = tuple(isinstance(ledger, port) for port, _ in _ABILITIES)
     return _wrapper(abilities)(ledger, on_error=on_error)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .inbox import InboxContract
     from .ledger import LedgerContract
     from .ledger_suite import Clock, make_chunk, make_message
+    from .outbox import OutboxContract
     from .replay_log import ReplayLogContract
     from .source import SourceContract
     from .trigger import TriggerContract
@@ -42,6 +43,7 @@ __all__ = [
     "DiffStoreContract",
     "InboxContract",
     "LedgerContract",
+    "OutboxContract",
     "ReplayLogContract",
     "SourceContract",
     "TriggerContract",
@@ -58,6 +60,7 @@ _HOMES = {
     "DiffStoreContract": "diff",
     "InboxContract": "inbox",
     "LedgerContract": "ledger",
+    "OutboxContract": "outbox",
     "ReplayLogContract": "replay_log",
     "SourceContract": "source",
     "TriggerContract": "trigger",
