@@ -65,7 +65,8 @@ def chunk_message(chunk: EncodedChunk, *, persistent: bool = True) -> aio_pika.M
     """The AMQP message that carries ``chunk``."""
     return aio_pika.Message(
         chunk.payload,
-        content_type=CONTENT_TYPES.get(chunk.format, "application/octet-stream"),
+        content_type=chunk.content_type
+        or CONTENT_TYPES.get(chunk.format, "application/octet-stream"),
         content_encoding=None if chunk.codec == "none" else chunk.codec,
         message_id=chunk.idempotency_key,
         delivery_mode=(

@@ -131,13 +131,15 @@ class HttpDestination(Resource):
         return self._url.render(chunk)
 
     def _unsigned_headers(self, chunk: EncodedChunk) -> CIMultiDict[str]:
-        content_type = CONTENT_TYPES.get(chunk.format)
+        content_type = chunk.content_type or CONTENT_TYPES.get(chunk.format)
         if content_type is None or chunk.codec not in _CONTENT_ENCODINGS:
             raise PermanentError(
                 f"{self.name} cannot send format {chunk.format!r} with codec {chunk.codec!r}"
             )
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
         headers.update(self._static_headers)
+        if chunk.content_type:
+            headers["Content-Type"] = chunk.content_type  # the chunk's own type wins
         for key, template in self._header_templates:
             headers[key] = template.render(chunk)
         encoding = _CONTENT_ENCODINGS[chunk.codec]

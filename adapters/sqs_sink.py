@@ -157,7 +157,9 @@ def message_request(chunk: EncodedChunk, queue_url: str) -> tuple[dict[str, Any]
         if text is not None and _SQS_TEXT.match(text):
             body = text
     attributes = {
-        "content-type": _attribute(CONTENT_TYPES.get(chunk.format, "application/octet-stream")),
+        "content-type": _attribute(
+            chunk.content_type or CONTENT_TYPES.get(chunk.format, "application/octet-stream")
+        ),
         "idempotency-key": _attribute(chunk.idempotency_key),
         "batch": _attribute(chunk.batch_id),
         "dataset": _attribute(chunk.dataset),

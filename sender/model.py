@@ -172,6 +172,9 @@ class EncodedChunk:
     idempotency_key: str
     kind: str = "data"
     context: Mapping[str, Any] = field(default_factory=dict)
+    # the payload's media type when the format's own does not say it (a completion event is
+    # application/cloudevents+json); destinations that send one (HTTP, SQS, AMQP) honour it
+    content_type: str | None = None
 
     digest: str = ""  # sha256 of the payload, filled in by the encoder's worker thread
 
