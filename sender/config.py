@@ -389,6 +389,9 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
             problems.append(f"routes.{name}.dead_letter: unknown destination {dead_letter!r}")
         if isinstance(dead_letter, str) and dead_letter in targets:
             problems.append(f"routes.{name}.dead_letter: must not also be one of the targets")
+        problems.extend(_notify_problems(f"routes.{name}", section, declared))
+    if daemon is not None:
+        problems.extend(_notify_problems("daemon", {"notify": daemon.notify}, declared))
     if any(route.dead_letter is None for route in routes.values()) and daemon is not None:
         # nothing is ever dropped: routes without a dead_letter share a local folder
         default = _default_dead_letter(base_dir, problems)
@@ -433,3 +436,17 @@ def load_config(path: str | Path | None = None) -> AppConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the top level must be a table")
     return parse_config(raw, path=path.resolve())
+
+
+def _notify_problems(
+    where: str, section: Mapping[str, Any], declared: Mapping[str, Any]
+) -> list[str]:
+    """``notify`` names declared destinations (completion events, ``sender.events``)."""
+    names = section.get("notify")
+    if not isinstance(names, list):
+        return []
+    return [
+        f"{where}.notify[{i}]: unknown destination {name!r}"
+        for i, name in enumerate(names)
+        if isinstance(name, str) and name not in declared
+    ]

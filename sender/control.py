@@ -80,8 +80,11 @@ class ControlServer:
         accept_token: str | None = None,
         registry: CollectorRegistry | None = None,
         page: StatusPage | None = None,
+        notes: ReadinessCheck | None = None,
     ) -> None:
         self.ledger = ledger
+        # what /readyz says beside its verdict (completion events waiting: still ready)
+        self.notes = notes
         # what GET /metrics serves: the registry the daemon's Metrics was built on
         self.registry = registry if registry is not None else CollectorRegistry()
         self.readiness = readiness
@@ -165,12 +168,15 @@ class ControlServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         problems = await self.readiness()
-        if not problems:
-            return _json({"status": "ready"})
         # what is wrong names batches, paths and errors: only for the token's holder
-        if self.token and not self._authorized(request):
+        shown = not self.token or self._authorized(request)
+        notes = await self.notes() if self.notes is not None and shown else []
+        detail: dict[str, Any] = {"detail": notes} if notes else {}
+        if not problems:
+            return _json({"status": "ready", **detail})
+        if not shown:
             return _json({"status": "not ready"}, 503)
-        return _json({"status": "not ready", "problems": problems}, 503)
+        return _json({"status": "not ready", "problems": problems, **detail}, 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

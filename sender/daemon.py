@@ -36,6 +36,7 @@ from .control import ControlServer
 from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .log import get_logger
 from .model import BatchState, TriggerMessage, parse_trigger_message
+from .outbox import delivering, describe_pending, pump_for
 from .ports import (
     Envelope,
     LocalQueue,
@@ -81,6 +82,8 @@ class Daemon:
         self._failures = 0
         self.settlements = Settlements(app.metrics, lease_s=self.config.daemon.lease_s)
         self.engine = app.engine
+        # completion events: delivered from the outbox by a task of their own (sender.outbox)
+        self.outbox = pump_for(self.config, app.ledger, app.targets, owner=self.engine.owner)
 
     @property
     def settled(self) -> deque[Settlement]:
@@ -110,6 +113,23 @@ class Daemon:
             problems.append(self.problem)
         problems.extend(await self._dead_letter_problems())
         return problems
+
+    async def notes(self) -> list[str]:
+        """What ``/readyz`` says beside its verdict without making the daemon unready:
+        completion events waiting for a receiver that is down."""
+        if self.outbox is None:
+            return []
+        try:
+            line = describe_pending(await self.outbox.outbox.pending_events())
+        except SenderError:
+            return []  # the ledger's outage is a problem of its own
+        return [f"{line} (kept and retried; the daemon stays ready)"] if line else []
+
+    async def deliver_events(self) -> None:
+        """One pass over the due events (``--burst`` before it exits); what fails stays."""
+        if self.outbox is not None:
+            with contextlib.suppress(SenderError):
+                await self.outbox.deliver_due()
 
     async def _dead_letter_problems(self) -> list[str]:
         """Dead-letter stores that say they cannot take a chunk now (``check()``)."""
@@ -176,9 +196,14 @@ class Daemon:
             burst=self.burst,
         )
         try:
-            await self._consume()
+            async with delivering(self.outbox):
+                try:
+                    await self._consume()
+                finally:
+                    await self._drain()
+            if self.burst and self.outbox is not None:
+                await self.deliver_events()
         finally:
-            await self._drain()
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)

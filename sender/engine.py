@@ -39,6 +39,7 @@ from .errors import (
     describe_error,
     first_error,
 )
+from .events import finish_batch
 from .hooks import Hooks, isolated
 from .lease import default_owner, hold_lease, take_stale_lease
 from .log import get_logger, mask_optional
@@ -226,7 +227,9 @@ class Engine:
     ) -> str | None:
         """Record how the batch ended; None when the ledger took it, else why it did not."""
         try:
-            await self.ledger.finish_batch(batch_id, state, {r.name: r.stats for r in runs}, error)
+            routes = {r.name: r.stats for r in runs}
+            # with its completion event, when someone is to be told (sender.events)
+            await finish_batch(self.ledger, self.config, batch_id, state, routes, error)
         except Exception as exc:
             log.error("batch.finish_unrecorded", batch_id=batch_id, error=describe_error(exc))
             return describe_error(exc)

@@ -220,6 +220,10 @@ class DaemonConfig(Options):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # None: for people on a terminal, JSON elsewhere (--log-format overrides this)
     log_format: Literal["json", "console"] | None = None
+    # destinations that get a CloudEvent per batch outcome (sender.events); a route may narrow
+    notify: list[str] = []
+    # names the daemon in an event's source (integration-sender/<name>); None: the host name
+    name: str | None = Field(None, min_length=1)
 
     @field_validator("ledger", mode="before")
     @classmethod
@@ -303,6 +307,8 @@ class RouteConfig(Options):
     on_bad_record: Literal["skip", "dead_letter", "fail"] = "dead_letter"
     split_on_reject: bool = True  # isolate records a receiver rejects by halving the chunk
     diff: DiffConfig | None = None  # send only what changed since the last delivery
+    # destinations told of this route's batches (None: the daemon's notify; see sender.events)
+    notify: list[str] | None = None
 
     @field_validator("fields")
     @classmethod

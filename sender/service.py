@@ -54,6 +54,7 @@ async def open_daemon(
             accept_token=trigger.accept_token if isinstance(trigger, TokenAccepting) else None,
             registry=metrics.registry,
             page=StatusPage(source, token),
+            notes=daemon.notes,
         )
         stack.push_async_callback(control.stop)
         try:

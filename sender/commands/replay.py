@@ -47,6 +47,7 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 async def cmd_replay(args: argparse.Namespace) -> int:
     from ..app import App
+    from ..outbox import deliver_pending
     from ..progress import ReplayProgress
     from ..replay import Replayer, ReplayHooks
     from ..replay_views import replay_summary
@@ -78,6 +79,8 @@ async def cmd_replay(args: argparse.Namespace) -> int:
                 print_json({"batch_id": args.batch_id, "result": "refused", "refused": str(exc)})
             err.print(f"refused: {mask(str(exc))}", style="red", markup=False)
             return EXIT_INCOMPLETE
+        # a replayed outcome's events: sent now if they can be, else left in the outbox
+        await deliver_pending(config, app.ledger, app.targets, owner=app.engine.owner)
     if args.json:
         print_json(report.to_json())
     else:

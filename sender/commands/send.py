@@ -36,6 +36,7 @@ def derive_batch_id(dataset: str, uri: str, versions: Sequence[str]) -> str:
 async def cmd_send(args: argparse.Namespace) -> int:
     from ..app import App
     from ..batch_source import list_source
+    from ..outbox import deliver_pending
     from ..progress import SendProgress
 
     out, err = console.out, console.err
@@ -58,6 +59,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 outcome = await app.engine.run_batch(message)
         else:
             outcome = await app.engine.run_batch(message)
+        # completion events: sent now if they can be, else left in the outbox (sender.outbox)
+        await deliver_pending(config, app.ledger, app.targets, owner=app.engine.owner)
     from ..render import reconciliation_line
     from ..status import outcome_table
 

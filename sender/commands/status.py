@@ -32,6 +32,8 @@ async def _purged(config: AppConfig, kept: dict[tuple[str, str], str]) -> set[st
 
 async def cmd_status(args: argparse.Namespace) -> int:
     from ..app import open_ledger
+    from ..ledger_ports import Outbox
+    from ..outbox import describe_pending, pending_json
     from ..ports import replays_of
     from ..replay import dead_letter_files, replay_preview
     from ..serialize import batch_json
@@ -104,6 +106,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for r in records:
             usage[r.batch_id] = target_usage(await ledger.chunks(r.batch_id), routes_primary)
             usage[r.batch_id]["duration_s"] = run_duration(r, await replays_of(ledger, r.batch_id))
+        # completion events a receiver has not taken yet (sender.outbox)
+        waiting = await ledger.pending_events() if isinstance(ledger, Outbox) else []
+    events = [pending_json(event) for event in waiting]
     if args.json:
         print_json(
             {
@@ -118,13 +123,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
                         },
                     )
                     for r in records
-                ]
+                ],
+                "events_pending": events,
             }
         )
     elif records:
         out.print(batch_table(records, usage))
     else:
         out.print("no batches" + (" match" if any((args.dataset, args.state, args.since)) else ""))
+    line = describe_pending(waiting)
+    if line and not args.json:
+        out.print(line, style="yellow", markup=False)
     return EXIT_OK
 
 

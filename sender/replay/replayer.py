@@ -45,6 +45,7 @@ from ..errors import (
     SourceError,
     first_error,
 )
+from ..events import finish_batch
 from ..lease import hold_lease
 from ..log import get_logger, mask, mask_optional
 from ..model import ChunkState, EncodedChunk, ObjectInfo, TriggerMessage
@@ -229,8 +230,17 @@ class Replayer:
                 # the reconciliation follows the chunks: dead-lettered records now delivered.
                 # finish_batch moves the batch's finished_at to now: the report keeps the
                 # run's (``batch_finished_at``) for ``sender status``
+                # a changed outcome is told as sender.batch.replayed (sender.events)
                 await asyncio.shield(
-                    self.ledger.finish_batch(record.batch_id, record.state, routes, record.error)
+                    finish_batch(
+                        self.ledger,
+                        self.config,
+                        record.batch_id,
+                        record.state,
+                        routes,
+                        record.error,
+                        replayed=True,
+                    )
                 )
             # a diff route's baseline takes what the replay delivered (it was held back)
             for route in sorted({item.route for item in report.delivered}):
