@@ -133,7 +133,8 @@ class Engine:
         """Deliver a batch, resuming from the ledger; a complete batch sends nothing.
 
         ``stop`` set: take no new chunks, let those in flight finish, end incomplete.
-        ``force``: read the source even if it changed since the batch was first read.
+        ``force`` (or the message's ``rerun``): read the source even if it changed since the
+        batch was first read, and record its objects anew.
         Raises, before the batch starts, ``BatchBusy`` when another owner holds the batch,
         ``MessageError`` if no route takes the dataset, ``LedgerError`` if the ledger cannot
         be read. Once it started, every failure — expected or not — is recorded in the ledger
@@ -162,7 +163,8 @@ class Engine:
             ):
                 raise BatchBusy(f"batch {batch_id} is being sent by {holder or 'another process'}")
         async with hold_lease(self.ledger, batch_id, self.owner, lease_s):
-            return await self._run(message, route_names, stop or asyncio.Event(), force)
+            stop = stop or asyncio.Event()
+            return await self._run(message, route_names, stop, force or message.rerun)
 
     async def _run(
         self, message: TriggerMessage, route_names: list[str], stop: asyncio.Event, force: bool
@@ -289,7 +291,8 @@ class Engine:
         if not force and source_change(record.objects, listing.objects) is not None:
             raise SourceError(
                 f"{message.uri}: the source changed since the batch was first read "
-                "(replay with --force to send it as it is now)"
+                '(send it again with --rerun, or "rerun": true in its trigger message, to '
+                "read it as it is now; replay with --force to resend its chunks as they are)"
             )
         if record.objects is None or force:
             await self.ledger.set_objects(message.batch_id, listing.objects)

@@ -50,6 +50,10 @@ class TriggerMessage(BaseModel):
     expected_records: int | None = Field(default=None, ge=0)
     routes: tuple[str, ...] | None = None
     full: bool = False  # diff-synced routes ignore their baseline this once (a full refresh)
+    # run a batch again under its id although its source changed since its first read (a
+    # failed batch whose input was fixed): the objects are listed and recorded anew, and the
+    # chunks already delivered or dead-lettered are not sent again
+    rerun: bool = False
 
     @field_validator("batch_id")
     @classmethod

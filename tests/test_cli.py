@@ -245,6 +245,7 @@ async def test_trigger_drops_a_message_in_the_spool_queue(tmp_path: Path) -> Non
         "expected_records": 20000,
         "routes": None,
         "full": False,
+        "rerun": False,
     }
     code, _, err = await sender(
         "trigger", "/data/x", "--dataset", "nobody-routes-this", "-c", str(config)

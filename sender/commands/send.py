@@ -97,6 +97,7 @@ def _send_message(args: argparse.Namespace, batch_id: str) -> TriggerMessage:
         "format": args.format,
         "routes": list(args.route) if args.route else None,
         "full": args.full,
+        "rerun": args.rerun,
     }
     try:
         return parse_trigger_message(fields)
@@ -154,6 +155,11 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "--full",
         action="store_true",
         help="diff-synced routes send every record, ignoring what was delivered before",
+    )
+    send.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run a failed batch again under its id after its input was fixed",
     )
     send.add_argument("--json", action="store_true", help="print the outcome as JSON")
     send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
