@@ -17,6 +17,7 @@ from aiohttp import web
 from sender import retry
 from sender.app import App, open_ledger
 from sender.config import AppConfig, load_config
+from sender.errors import ConfigError
 from sender.model import BatchState, TriggerMessage
 from sender.outbox import deliver_pending
 from sender.ports import Outbox
@@ -265,3 +266,39 @@ async def test_a_killed_daemon_delivers_the_event_when_it_is_back(
 
     assert events.events[0]["id"] == attempted
     assert events.events[0]["subject"] == "b-1"
+
+
+def test_notify_must_name_declared_destinations(tmp_path: Path, receiver: Receiver) -> None:
+    path = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
+    text = path.read_text().replace(
+        'ledger = "ledger.db"', 'ledger = "ledger.db"\nnotify = ["nope"]'
+    )
+    path.write_text(text + '\nnotify = ["gone", "dead"]\n')  # lands in [routes.churn]
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert "daemon.notify[0]: unknown destination 'nope'" in str(error.value)
+    assert "routes.churn.notify[0]: unknown destination 'gone'" in str(error.value)
+    assert "notify[1]" not in str(error.value)
+
+
+async def test_on_a_rabbitmq_queue_the_event_is_the_message_body(
+    tmp_path: Path, receiver: Receiver, amqp_queue: str
+) -> None:
+    from tests.test_queue_destinations import amqp_toml, read_queue
+
+    path = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL)
+    text = path.read_text().replace(
+        'ledger = "ledger.db"', 'ledger = "ledger.db"\nnotify = ["bus"]'
+    )
+    path.write_text(text + "\n[destinations.bus]\n" + amqp_toml(amqp_queue, declare=amqp_queue))
+    config = load_config(path)
+
+    assert await run(config, churn_batch(tmp_path, "b-1")) is BatchState.COMPLETE
+
+    (message,) = await read_queue(amqp_queue)
+    assert message.content_type == "application/cloudevents+json"
+    event = orjson.loads(message.body)
+    assert (event["type"], event["subject"]) == ("sender.batch.completed", "b-1")
+    assert message.message_id == event["id"]
