@@ -21,6 +21,7 @@ from typing import Any, Generic, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .config_input import check_expanded_size, read_secret_file
 from .errors import ConfigError
 from .log import register_secret
 from .options import (
@@ -166,9 +167,12 @@ def _interpolate(value: Any, path: str, base_dir: Path, problems: list[str]) -> 
             file = Path(expr[5:]).expanduser()
             file = file if file.is_absolute() else base_dir / file
             try:
-                secret = file.read_text().rstrip("\r\n")
+                secret = read_secret_file(file).rstrip("\r\n")
             except OSError as exc:
                 problems.append(f"{path}: cannot read {file}: {exc.strerror}")
+                return ""
+            except ValueError as exc:
+                problems.append(f"{path}: {file} {exc}")
                 return ""
             register_secret(secret)
             return secret
@@ -429,6 +433,7 @@ def load_config(path: str | Path | None = None) -> AppConfig:
     try:
         if path.suffix in (".yaml", ".yml"):
             raw = yaml.safe_load(text) or {}
+            check_expanded_size(raw, path)
         else:
             raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
