@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,20 @@ from sender.ports import Resource
 __all__ = ["SpoolEnvelope", "SpoolTrigger"]
 
 log = get_logger("sender_adapters.spool")
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""A trigger message is a few hundred bytes: a larger file is rejected unread past this."""
+
+
+def _read_message(path: Path) -> bytes | None:
+    """The file's bytes, None past ``MAX_MESSAGE_BYTES``. Opened without blocking and
+    checked to be a regular file, in case a FIFO took the name since it was listed."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(0, "not a regular file")
+        body = file.read(MAX_MESSAGE_BYTES + 1)
+    return None if len(body) > MAX_MESSAGE_BYTES else body
 
 
 class SpoolEnvelope:
@@ -80,6 +95,7 @@ class SpoolTrigger(Resource):
         self.root = Path(options.path)
         self._closed = asyncio.Event()
         self._prepared = False
+        self._ignored: set[str] = set()  # non-regular files already logged
 
     def _check_open(self) -> None:
         if self._closed.is_set():
@@ -102,8 +118,23 @@ class SpoolTrigger(Resource):
         return not self._closed.is_set() and self.root.is_dir() and os.access(self.root, os.W_OK)
 
     def _pending(self) -> list[Path]:
-        files = [p for p in self.root.glob("*.json") if not p.name.startswith(".")]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        found: list[tuple[int, str, Path]] = []
+        for path in self.root.glob("*.json"):
+            if path.name.startswith("."):
+                continue
+            try:
+                info = path.stat()
+            except OSError:
+                continue  # claimed or removed meanwhile
+            if not stat.S_ISREG(info.st_mode):
+                # a FIFO would block the reader for good (and SIGTERM with it), a directory
+                # or a device is no message: left where it is, said once
+                if path.name not in self._ignored:
+                    self._ignored.add(path.name)
+                    log.warning("spool.ignored", file=path.name, reason="not a regular file")
+                continue
+            found.append((info.st_mtime_ns, path.name, path))
+        return [path for _, _, path in sorted(found)]
 
     def _claim(self) -> SpoolEnvelope | None:
         for path in self._pending():
@@ -113,9 +144,16 @@ class SpoolTrigger(Resource):
             except FileNotFoundError:
                 continue
             try:
-                body = claimed.read_bytes()
+                body = _read_message(claimed)
             except OSError as exc:
                 log.warning("spool.unreadable", file=path.name, error=exc.strerror)
+                continue
+            if body is None:
+                reason = f"larger than {MAX_MESSAGE_BYTES // 1024} KiB: not a trigger message"
+                rejected = self.root / "rejected" / path.name
+                os.replace(claimed, rejected)
+                rejected.with_name(rejected.name + ".reason.txt").write_text(reason + "\n")
+                log.warning("spool.rejected", file=path.name, reason=reason)
                 continue
             return SpoolEnvelope(self, claimed, body)
         return None

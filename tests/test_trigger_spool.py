@@ -3,7 +3,10 @@ stopped mid-batch. What every trigger does is in test_contract_trigger.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from structlog.testing import capture_logs
 
 from sender.config import load_config
 from sender.daemon import open_trigger
@@ -87,3 +90,40 @@ async def test_sigterm_mid_batch_exits_0_and_the_restart_sends_only_what_is_left
         given_back=given_back,
         acked=acked,
     )
+
+
+async def test_a_fifo_or_a_directory_named_json_is_ignored_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    os.mkfifo(queue / "0-fifo.json")  # a reader opening it would block for good
+    (queue / "1-folder.json").mkdir()
+    with capture_logs() as logs:
+        async with spool(tmp_path) as trigger:
+            await trigger.publish(churn_batch(tmp_path, "b-1"))
+            envelope = await take_one(trigger)  # the real message still comes through
+            assert await trigger.pending() == 0
+            await envelope.ack()
+
+    assert names(queue / "done") == [envelope.message_id]
+    ignored = sorted(line["file"] for line in logs if line["event"] == "spool.ignored")
+    assert ignored == ["0-fifo.json", "1-folder.json"]
+    assert all(
+        line["reason"] == "not a regular file" for line in logs if line["event"] == "spool.ignored"
+    )
+
+
+async def test_a_message_over_1_mib_is_rejected_unread_with_its_reason(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / "0-huge.json").write_bytes(b'{"batch_id": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    async with spool(tmp_path) as trigger:
+        await trigger.publish(churn_batch(tmp_path, "b-1"))
+        envelope = await take_one(trigger)
+        await envelope.ack()
+
+    assert names(queue / "rejected") == ["0-huge.json"]
+    reason = (queue / "rejected" / "0-huge.json.reason.txt").read_text()
+    assert reason == "larger than 1024 KiB: not a trigger message\n"
+    assert names(queue / "done") == [envelope.message_id]
