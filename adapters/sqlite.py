@@ -293,8 +293,9 @@ class SqliteLedger(SqliteInbox, SqliteDiff, SqliteOutbox):
         await self._call(run, write=True)
 
     async def ping(self) -> None:
-        """Raise ``LedgerError`` unless the file answers ``SELECT 1``."""
-        await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
+        """Raise ``LedgerError`` unless the file is still the one opened (not deleted or
+        replaced), readable at its schema (not corrupt), and its last write succeeded."""
+        await self.check_health()
 
     # -- replays (on-call audit trail) ---------------------------------------------------
 

@@ -14,6 +14,7 @@ cause; a call after ``aclose()`` raises ``AdapterClosed``.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,8 @@ class SqliteStore(Resource):
         # One thread: sqlite3 connections are not shared across threads, and one writer at a
         # time is what SQLite does anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ledger")
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._write_failed: str | None = None  # why the last write failed, until one works
 
     @classmethod
     def from_url(cls, url: str, *, clock: Callable[[], datetime] = utcnow) -> Self:
@@ -134,6 +137,9 @@ class SqliteStore(Resource):
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            if self.path != ":memory:":
+                info = os.stat(self.path)
+                self._identity = (info.st_dev, info.st_ino)
         except sqlite3.Error as exc:
             conn.close()
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
@@ -168,18 +174,70 @@ class SqliteStore(Resource):
             raise AdapterClosed(f"ledger {self.path}")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._transaction, fn, write)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from exc
+            result = await loop.run_in_executor(self._executor, self._transaction, fn, write)
+        except sqlite3.Error as exc:  # not a LedgerError of the logic (an unknown batch)
+            error = LedgerError(f"ledger {self.path}: {exc}")
+            if write:
+                self._write_failed = str(error)
+            raise error from exc
         except RuntimeError as exc:  # the executor was shut down under a queued call
             if self._closed:
                 raise AdapterClosed(f"ledger {self.path}") from exc
             raise
+        if write:
+            self._write_failed = None
+        return result
+
+    def _check_file(self) -> None:
+        """``LedgerError`` when the file opened is no longer at its path (deleted, or replaced
+        by another file): writes would go to a file nobody reads, and a restart would find
+        no record of the batches sent. It is never recreated behind the daemon's back."""
+        if self._identity is None:
+            return
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise LedgerError(
+                f"ledger {self.path}: the file is gone (deleted since it was opened)"
+            ) from None
+        except OSError as exc:
+            raise LedgerError(f"ledger {self.path}: {exc.strerror}") from exc
+        if (info.st_dev, info.st_ino) != self._identity:
+            raise LedgerError(f"ledger {self.path}: the file was replaced since it was opened")
+
+    def _check_health(self, conn: sqlite3.Connection) -> None:
+        """The schema is readable and at the version this code migrated it to: a corrupt
+        file fails here ("file is not a database", "malformed"), cheaply. Read through a
+        fresh read-only connection: the ledger's own caches pages, and would not see a file
+        overwritten behind its back."""
+        if self.path != ":memory:":
+            fresh = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return self._check_schema(fresh)
+            finally:
+                fresh.close()
+        self._check_schema(conn)
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if version != len(self.migrations):
+            raise LedgerError(
+                f"ledger {self.path}: schema version {version}, expected {len(self.migrations)}"
+            )
+
+    async def check_health(self) -> None:
+        """Raise ``LedgerError`` unless the file is the one opened, readable, at its schema,
+        and the last write did not fail (what ``ping`` and ``/readyz`` ask)."""
+        await self._call(self._check_health)
+        if self._write_failed is not None:
+            raise LedgerError(f"the last write failed: {self._write_failed}")
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], _T], write: bool) -> _T:
         # Runs on the worker thread: one transaction per public method.
         if self._conn is None:
             self._conn = self._connect()
+        self._check_file()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
