@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     pass  # imported when a file needs it: most batches are not gzipped
 
 __all__ = [
+    "MAX_RECORD_BYTES",
     "BatchObjects",
     "RecordBlock",
     "detect_format",
@@ -34,7 +35,10 @@ __all__ = [
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_MAX_LINE = 64 * 1024 * 1024  # a "line" longer than this is a corrupt file, not a record
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+"""A JSON Lines record longer than this is a bad record (its first ``_KEPT_BYTES`` kept, with
+its location); the reader skips to the next newline without holding the line."""
+_KEPT_BYTES = 1024
 _INFLATE_PIECE = 1024 * 1024  # inflated bytes handed on at a time
 
 
@@ -212,16 +216,41 @@ async def _plain_pieces(source: Source, obj: ObjectInfo) -> AsyncIterator[bytes]
         gunzip.finish()
 
 
+def _too_long(head: bytes, name: str, line_no: int) -> RecordBlock:
+    reason = (
+        f"record longer than {MAX_RECORD_BYTES // (1024 * 1024)} MiB (first {len(head)} bytes kept)"
+    )
+    return RecordBlock([], [BadRecord(head, reason, f"{name}:{line_no}")])
+
+
 async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBlock]:
     rest = b""
     line_no = 1
+    skipping: bytes | None = None  # the head of a record too long to keep, while skipping it
     async for piece in _plain_pieces(source, obj):
+        if skipping is not None:
+            end = piece.find(b"\n")
+            if end < 0:
+                continue  # still inside the long record: nothing kept
+            yield _too_long(skipping, obj.name, line_no)
+            line_no += 1
+            skipping, piece = None, piece[end + 1 :]
         cut = piece.rfind(b"\n") + 1
         if not cut:
-            rest += piece
-            if len(rest) > _MAX_LINE:
-                raise SourceError(f"{obj.uri}: a line longer than 64 MiB (not JSON Lines?)")
+            if len(rest) + len(piece) > MAX_RECORD_BYTES:  # checked before the copy
+                skipping, rest = (rest[:_KEPT_BYTES] + piece[:_KEPT_BYTES])[:_KEPT_BYTES], b""
+            else:
+                rest += piece
             continue
+        if rest and len(rest) + piece.find(b"\n") > MAX_RECORD_BYTES:
+            # the line the last pieces began ends here, too long: a bad record
+            yield _too_long(rest[:_KEPT_BYTES], obj.name, line_no)
+            line_no += 1
+            rest, piece = b"", piece[piece.find(b"\n") + 1 :]
+            cut = piece.rfind(b"\n") + 1
+            if not cut:
+                rest = piece
+                continue
         # whole lines: the start of this piece completes the line the last one began;
         # one copy, and none when the piece starts and ends on a line boundary
         if rest:
@@ -233,5 +262,8 @@ async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBl
         line_no += lines
         if block.lines or block.bad:
             yield block
+    if skipping is not None:
+        yield _too_long(skipping, obj.name, line_no)
+        return
     if rest.strip():
         yield _frame_check([rest], obj.name, line_no)
