@@ -4,6 +4,9 @@
 The format is chosen, first to last: ``--log-format``, ``[daemon] log_format``, the
 ``SENDER_LOG_FORMAT`` environment variable, then whether stderr is a terminal.
 
+Library logs (asyncpg, asyncio) go through the same renderer once ``configure_logging`` ran:
+a traceback never breaks the one-JSON-object-a-line stream.
+
 Every secret the config loads (``${file:...}`` values, tokens, header values, passwords in
 URLs) is registered here, and a processor replaces it in every log line, whatever field or
 exception text carries it. ``mask`` also hides the value of every credential-looking query
@@ -105,6 +108,40 @@ def _stderr_logger(*args: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
+class _StdlibHandler(logging.Handler):
+    """Library logs (asyncpg, asyncio, aiohttp) through the same renderer: one JSON object a
+    line, tracebacks inside it, secrets masked, written to whatever ``sys.stderr`` is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _route_stdlib(renderer: Any, level: int) -> None:
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _mask_processor,
+            renderer,
+        ],
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)  # configured again (tests, sender demo): one handler
+    handler = _StdlibHandler()
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))  # libraries' info and debug are noise here
+
+
 def configure_logging(
     level: str | None = None, *, json: bool | None = None, log_format: str | None = None
 ) -> None:
@@ -137,6 +174,7 @@ def configure_logging(
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(renderer, logging.getLevelNamesMapping().get(level_name, logging.INFO))
 
 
 def get_logger(name: str) -> Any:

@@ -107,3 +107,30 @@ config = load_config(args.config)
 configure_logging(config.daemon.log_level, log_format=log_format(args, config))
 get_logger("t").info("page.test_event", answer=42)
 """
+
+
+LIBRARY_ERROR = """
+import logging
+from sender.log import configure_logging, register_secret
+configure_logging("info", json=True)
+register_secret("pg-pa55word")
+try:
+    raise ConnectionResetError("connection to postgresql://u:pg-pa55word@db lost")
+except ConnectionResetError:
+    logging.getLogger("asyncpg.pool").exception("Unexpected exception in pool")
+logging.getLogger("asyncio").error("Future exception was never retrieved")
+logging.getLogger("asyncpg.pool").info("library chatter stays out")
+"""
+
+
+def test_library_tracebacks_stay_one_json_object_a_line_and_masked() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_ERROR], capture_output=True, text=True, check=True
+    )
+    lines = [orjson.loads(line) for line in done.stderr.splitlines()]  # each one JSON object
+    assert [(line["logger"], line["level"]) for line in lines] == [
+        ("asyncpg.pool", "error"),
+        ("asyncio", "error"),
+    ]
+    assert "ConnectionResetError" in lines[0]["exception"]
+    assert "pg-pa55word" not in done.stderr
