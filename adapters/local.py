@@ -9,6 +9,7 @@ there), which on-call can read, and ``sender replay`` can send again byte for by
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,7 +68,10 @@ class LocalSource(Resource):
                 dirs.sort()
                 for name in files:
                     path = Path(folder) / name
-                    stat = path.stat()
+                    try:
+                        stat = path.stat()
+                    except OSError as exc:
+                        raise SourceError(_unreadable(uri, path, exc)) from exc
                     relative = path.relative_to(root).as_posix()
                     found.append(ObjectInfo(f"{base}/{relative}", stat.st_size, _version(stat)))
         except PermissionError as exc:
@@ -132,6 +136,16 @@ def _same_as_listed(obj: ObjectInfo, stat: os.stat_result, when: str) -> None:
             f"{obj.uri}: changed {when} (size {obj.size} -> {stat.st_size}, or its "
             "modification time); run the batch again once the file is final"
         )
+
+
+def _unreadable(uri: str, path: Path, exc: OSError) -> str:
+    """Why a listed entry cannot be read, naming it: a dangling symlink or a loop says so."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        if exc.errno == errno.ELOOP:
+            return f"{uri}: {path}: a symlink loop (-> {target})"
+        return f"{uri}: {path}: a dangling symlink (-> {target}: {exc.strerror})"
+    return f"{uri}: {path}: {exc.strerror}"
 
 
 def _raise(exc: OSError) -> None:

@@ -81,3 +81,22 @@ async def test_a_file_replaced_after_the_listing_fails_before_a_byte_is_read(
     with pytest.raises(SourceError, match=r"part-0\.jsonl: changed since it was listed"):
         async for _ in source.open(obj):
             pytest.fail("a byte of the replaced file was read")
+
+
+async def test_a_dangling_symlink_in_a_batch_names_the_file(
+    tmp_path: Path, source: LocalSource
+) -> None:
+    write_part(tmp_path / "in")
+    (tmp_path / "in" / "part-1.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(SourceError, match=r"part-1\.jsonl: a dangling symlink \(-> .*gone\.jsonl"):
+        await source.list(str(tmp_path / "in"))
+
+
+async def test_a_symlink_loop_in_a_batch_names_the_file(
+    tmp_path: Path, source: LocalSource
+) -> None:
+    write_part(tmp_path / "in")
+    (tmp_path / "in" / "part-1.jsonl").symlink_to(tmp_path / "in" / "part-2.jsonl")
+    (tmp_path / "in" / "part-2.jsonl").symlink_to(tmp_path / "in" / "part-1.jsonl")
+    with pytest.raises(SourceError, match=r"part-1\.jsonl: a symlink loop"):
+        await source.list(str(tmp_path / "in"))
