@@ -71,7 +71,9 @@ def _csv_blocks(
     import gzip
 
     stream = _open_stream(source, obj, loop)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+    # a byte that is not UTF-8 is kept as a surrogate, so that only its row is a bad record
+    # (at its real line), not the whole file (strict decoding fails a read-ahead early)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     delimiter = "\t" if obj.name.lower().removesuffix(".gz").endswith(".tsv") else ","
     rows = csv.reader(text, delimiter=delimiter)
     try:
@@ -88,10 +90,15 @@ def _csv_blocks(
         dumps = orjson.dumps
         for row in rows:
             if len(row) == width:
-                lines.append(dumps(dict(zip(header, row, strict=True))))
+                try:
+                    lines.append(dumps(dict(zip(header, row, strict=True))))
+                except orjson.JSONEncodeError:  # a surrogate: the row had a non-UTF-8 byte
+                    raw = delimiter.join(row).encode("utf-8", "surrogateescape")
+                    bad.append(BadRecord(raw, "not valid UTF-8", f"{obj.name}:{rows.line_num}"))
+                    continue
                 numbers.append(rows.line_num)
             elif row:  # blank lines are not records
-                raw = delimiter.join(row).encode()
+                raw = delimiter.join(row).encode("utf-8", "surrogateescape")
                 reason = f"{len(row)} columns, header has {width}"
                 bad.append(BadRecord(raw, reason, f"{obj.name}:{rows.line_num}"))
             if len(lines) + len(bad) >= _CSV_ROWS_PER_BLOCK:

@@ -415,11 +415,18 @@ async def test_damaged_gzip_csv_is_a_source_error_naming_the_file(
         await read_all(local_source(), file)
 
 
-async def test_csv_that_is_not_utf8_is_a_source_error(tmp_path: Path) -> None:
+async def test_a_non_utf8_byte_in_a_csv_is_one_bad_record_at_its_real_line(
+    tmp_path: Path,
+) -> None:
     file = tmp_path / "part-00000.csv"
-    file.write_bytes("name\nJosé\n".encode("latin-1"))
-    with pytest.raises(SourceError, match=re.escape("part-00000.csv: unreadable CSV")):
-        await read_all(local_source(), file)
+    rows = [f"c-{i},0.{i}" for i in range(1, 300)]
+    rows[199] = "Jos\xe9,0.5"  # line 201 (the header is line 1), in latin-1
+    file.write_bytes(("name,score\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    records, bad = await read_all(local_source(), file)
+    assert len(records) == 298
+    assert [(b.location, b.reason, b.raw) for b in bad] == [
+        ("part-00000.csv:201", "not valid UTF-8", b"Jos\xe9,0.5")
+    ]
 
 
 # -- Parquet ----------------------------------------------------------------------------------
