@@ -111,6 +111,7 @@ async def plan_routes(
     objects: Sequence[ObjectInfo],
     runs: Mapping[str, Callable[[RecordBlock], tuple[Sequence[bytes], Callable[[int], str]]]],
     specs: Mapping[str, DiffSpec],
+    max_record_bytes: int,
 ) -> None:
     """Freeze the plan of every route in ``runs`` that has none yet: one read of the batch
     feeds them all. ``runs[route](block)`` gives the block's records as the route's run
@@ -120,7 +121,9 @@ async def plan_routes(
         return
     planners = {route: DiffPlanner(specs[route]) for route in todo}
     try:
-        async for block in read_records(source, list(objects), message.format):
+        async for block in read_records(
+            source, list(objects), message.format, max_record_bytes=max_record_bytes
+        ):
             for route in todo:
                 lines, _ = runs[route](block)
                 planners[route].add(lines)
@@ -208,6 +211,7 @@ async def plan_and_attach(
     fresh: Callable[[str], RouteRun],
     source: Source,
     objects: Sequence[ObjectInfo],
+    max_record_bytes: int,
 ) -> None:
     """Freeze the plan of every diff route among ``runs`` (once: a resume finds it), then
     attach it to the run. ``fresh(route)`` makes another run of the route to project the
@@ -218,7 +222,7 @@ async def plan_and_attach(
     assert isinstance(ledger, DiffStore), "config check refuses diff without a DiffStore"
     specs = {run.name: spec_of(run.config.diff) for run in diffed if run.config.diff}
     projections = {run.name: _projected(fresh(run.name)) for run in diffed}
-    await plan_routes(message, ledger, source, objects, projections, specs)
+    await plan_routes(message, ledger, source, objects, projections, specs, max_record_bytes)
     for run in diffed:
         run.diff = RouteDiff(ledger, message.batch_id, run.name, specs[run.name])
         await run.diff.open()

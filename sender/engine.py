@@ -111,7 +111,8 @@ class Engine:
         run = RouteRun.of(self.config, route, self.targets)
         await attach_plan(self.ledger, message, run)
         source = await self._source_for(message.uri)
-        async for raw in recut(run, source, objects, message.format, wanted):
+        limit = self.config.daemon.max_record_bytes
+        async for raw in recut(run, source, objects, message.format, wanted, limit):
             yield raw
 
     async def encode_for(
@@ -297,7 +298,8 @@ class Engine:
         if record.objects is None or force:
             await self.ledger.set_objects(message.batch_id, listing.objects)
         fresh = functools.partial(RouteRun.of, self.config, targets=self.targets)
-        await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects)
+        limit = self.config.daemon.max_record_bytes
+        await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects, limit)
         in_flight = asyncio.Semaphore(_in_flight_limit(runs))
         try:
             await self._pump(message, source, listing.objects, runs, stop, in_flight)
@@ -356,7 +358,8 @@ class Engine:
         submit: Callable[..., Awaitable[None]],
     ) -> None:
         """Read the batch once and hand every route its chunks, in order."""
-        async for block in read_records(source, objects, message.format):
+        limit = self.config.daemon.max_record_bytes
+        async for block in read_records(source, objects, message.format, max_record_bytes=limit):
             if stop.is_set():
                 return
             self.hooks.records_read(message.batch_id, block.records, block.size)

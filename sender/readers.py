@@ -96,13 +96,18 @@ def detect_format(name: str) -> str:
 
 
 async def read_records(
-    source: Source, objects: Sequence[ObjectInfo], format: str | None
+    source: Source,
+    objects: Sequence[ObjectInfo],
+    format: str | None,
+    *,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> AsyncIterator[RecordBlock]:
-    """Blocks of records from every object, in order."""
+    """Blocks of records from every object, in order. A JSONL line longer than
+    ``max_record_bytes`` (``daemon.max_record_bytes``) is a bad record."""
     for obj in objects:
         fmt = format or detect_format(obj.name)
         if fmt == "jsonl":
-            reader = _read_jsonl(source, obj)
+            reader = _read_jsonl(source, obj, max_record_bytes)
         elif fmt == "csv":
             reader = read_csv(source, obj)
         elif fmt == "parquet":
@@ -216,14 +221,14 @@ async def _plain_pieces(source: Source, obj: ObjectInfo) -> AsyncIterator[bytes]
         gunzip.finish()
 
 
-def _too_long(head: bytes, name: str, line_no: int) -> RecordBlock:
-    reason = (
-        f"record longer than {MAX_RECORD_BYTES // (1024 * 1024)} MiB (first {len(head)} bytes kept)"
-    )
+def _too_long(head: bytes, name: str, line_no: int, limit: int) -> RecordBlock:
+    reason = f"record longer than {limit:,} bytes (first {len(head)} bytes kept)"
     return RecordBlock([], [BadRecord(head, reason, f"{name}:{line_no}")])
 
 
-async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBlock]:
+async def _read_jsonl(
+    source: Source, obj: ObjectInfo, limit: int = MAX_RECORD_BYTES
+) -> AsyncIterator[RecordBlock]:
     rest = b""
     line_no = 1
     skipping: bytes | None = None  # the head of a record too long to keep, while skipping it
@@ -232,19 +237,19 @@ async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBl
             end = piece.find(b"\n")
             if end < 0:
                 continue  # still inside the long record: nothing kept
-            yield _too_long(skipping, obj.name, line_no)
+            yield _too_long(skipping, obj.name, line_no, limit)
             line_no += 1
             skipping, piece = None, piece[end + 1 :]
         cut = piece.rfind(b"\n") + 1
         if not cut:
-            if len(rest) + len(piece) > MAX_RECORD_BYTES:  # checked before the copy
+            if len(rest) + len(piece) > limit:  # checked before the copy
                 skipping, rest = (rest[:_KEPT_BYTES] + piece[:_KEPT_BYTES])[:_KEPT_BYTES], b""
             else:
                 rest += piece
             continue
-        if rest and len(rest) + piece.find(b"\n") > MAX_RECORD_BYTES:
+        if rest and len(rest) + piece.find(b"\n") > limit:
             # the line the last pieces began ends here, too long: a bad record
-            yield _too_long(rest[:_KEPT_BYTES], obj.name, line_no)
+            yield _too_long(rest[:_KEPT_BYTES], obj.name, line_no, limit)
             line_no += 1
             rest, piece = b"", piece[piece.find(b"\n") + 1 :]
             cut = piece.rfind(b"\n") + 1
@@ -263,7 +268,7 @@ async def _read_jsonl(source: Source, obj: ObjectInfo) -> AsyncIterator[RecordBl
         if block.lines or block.bad:
             yield block
     if skipping is not None:
-        yield _too_long(skipping, obj.name, line_no)
+        yield _too_long(skipping, obj.name, line_no, limit)
         return
     if rest.strip():
         yield _frame_check([rest], obj.name, line_no)

@@ -30,7 +30,7 @@ from .log import get_logger
 from .model import BadRecord, ChunkState, EncodedChunk, ObjectInfo, chunk_sort_key, idempotency_key
 from .ports import ChunkRecord, RouteStats, Source
 from .projection import Projection
-from .readers import RecordBlock, read_records
+from .readers import MAX_RECORD_BYTES, RecordBlock, read_records
 from .targets import Target
 
 __all__ = ["SPLIT_TARGET", "RouteRun", "encode_chunk", "halves", "recut"]
@@ -268,6 +268,7 @@ async def recut(
     objects: Sequence[ObjectInfo],
     format: str | None,
     wanted: Collection[str] | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> AsyncIterator[RawChunk]:
     """Read ``objects`` again and yield the data chunks of ``run``'s route cut exactly as a
     run cuts them (same projection, same chunker), in order. Only ids in ``wanted`` are
@@ -295,7 +296,7 @@ async def recut(
             out.append(piece)
         return out
 
-    reader = read_records(source, list(objects), format)
+    reader = read_records(source, list(objects), format, max_record_bytes=max_record_bytes)
     try:
         async for block in reader:
             if run.diff is not None:

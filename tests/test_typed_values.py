@@ -210,3 +210,19 @@ async def test_parquet_values_arrive_with_their_values(
         [{**row, "big": int(row["big"])} for row in table.to_pylist()]
     ))]  # fmt: skip
     assert sent[0]["big"] == 123456789012345678901234567890
+
+
+async def test_daemon_max_record_bytes_makes_a_longer_line_a_bad_record(
+    write_config: Callable[[str], AppConfig], receiver: Receiver, tmp_path: Path
+) -> None:
+    folder = tmp_path / "long"
+    folder.mkdir()
+    long = b'{"id": 2, "pad": "' + b"x" * 4000 + b'"}'
+    (folder / "part-00000.json").write_bytes(b'{"id": 1}\n' + long + b'\n{"id": 3}\n')
+    (folder / "_SUCCESS").write_bytes(b"")
+    text = _config(receiver.url).replace(
+        'ledger = "ledger.db"', 'ledger = "ledger.db"\nmax_record_bytes = 2048'
+    )
+    outcome = await _send(write_config(text), folder, "jsonl")
+    assert _received(receiver) == [b'{"id": 1}', b'{"id": 3}']
+    assert outcome.totals.rejected == 1 and outcome.totals.reconciled
