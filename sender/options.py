@@ -214,8 +214,9 @@ class DaemonConfig(Options):
     token: SecretStr | None = None  # bearer token for the control server's /v1 routes
     # a control server listening beyond loopback needs a token, unless this says it may not
     allow_anonymous: bool = False
-    # a JSONL line longer than this is a bad record (its first KiB kept); memory stays bounded
-    max_record_bytes: Size = Field(16 * 1024 * 1024, ge=1024)
+    # a JSONL line longer than this is a bad record (its first KiB kept); memory stays bounded.
+    # At least 1 MiB: lines are checked as they cross the reader's 1 MiB pieces
+    max_record_bytes: Size = Field(16 * 1024 * 1024, ge=1024 * 1024)
     # URI prefixes a trigger message may name (None: see ``AppConfig.uri_allowed``)
     allow_uris: list[str] | None = None
     lease_s: Duration = Field(60.0, alias="lease", gt=0)
