@@ -222,7 +222,7 @@ async def _plain_pieces(source: Source, obj: ObjectInfo) -> AsyncIterator[bytes]
 
 
 def _too_long(head: bytes, name: str, line_no: int, limit: int) -> RecordBlock:
-    reason = f"record longer than {limit:,} bytes (first {len(head)} bytes kept)"
+    reason = f"record longer than {limit / (1024 * 1024):g} MiB (first {len(head)} bytes kept)"
     return RecordBlock([], [BadRecord(head, reason, f"{name}:{line_no}")])
 
 
