@@ -1,7 +1,8 @@
 """Configuration: TOML or YAML, interpolated, validated once, frozen.
 
 ``load_config(path)`` reads the file, replaces ``${VAR}``, ``${VAR:-default}`` and
-``${file:/path}`` (Kubernetes secrets), and validates every section. Each adapter validates its
+``${file:/path}`` (Kubernetes secrets; both in ``sender.config_input``, with the bounds on
+what loading reads), and validates every section. Each adapter validates its
 own section with its ``Options`` model (a subclass of the bases in ``sender.options``, which
 are re-exported here), so errors always name the key path:
 ``destinations.crm_api.retry.attempts: must be >= 1``. What a section asks of its adapter's
@@ -11,19 +12,15 @@ class (a ``format`` it declares, a scheme a source serves) is checked here too.
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config_input import check_expanded_size, read_secret_file
+from .config_input import interpolate, key_path, read_config_file
 from .errors import ConfigError
-from .log import register_secret
 from .options import (
     ChunkConfig,
     CircuitConfig,
@@ -149,50 +146,6 @@ def default_config_path() -> Path:
     return Path(os.environ.get("SENDER_CONFIG") or "sender.toml")
 
 
-_VAR = re.compile(r"\$\{([^}]+)\}")
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSWORD|API_?KEY|CREDENTIAL|PRIVATE", re.IGNORECASE)
-
-
-def _interpolate(value: Any, path: str, base_dir: Path, problems: list[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate(v, _join(path, k), base_dir, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", base_dir, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        expr = match.group(1)
-        if expr.startswith("file:"):
-            file = Path(expr[5:]).expanduser()
-            file = file if file.is_absolute() else base_dir / file
-            try:
-                secret = read_secret_file(file).rstrip("\r\n")
-            except OSError as exc:
-                problems.append(f"{path}: cannot read {file}: {exc.strerror}")
-                return ""
-            except ValueError as exc:
-                problems.append(f"{path}: {file} {exc}")
-                return ""
-            register_secret(secret)
-            return secret
-        name, sep, default = expr.partition(":-")
-        if name in os.environ:
-            if _SECRET_NAME.search(name):
-                register_secret(os.environ[name])  # mask the bare value too, not only the field
-            return os.environ[name]
-        if sep:
-            return default
-        problems.append(f"{path}: environment variable {name} is not set")
-        return ""
-
-    return _VAR.sub(replace, value)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 _MESSAGES = {
     "extra_forbidden": "unknown key",
     "missing": "required",
@@ -223,7 +176,7 @@ def _problems(exc: ValidationError, prefix: str) -> list[str]:
             if isinstance(part, int):
                 loc = f"{loc}[{part}]"
             elif part not in ("function-after[_register_secrets()]",):
-                loc = _join(loc, part)
+                loc = key_path(loc, part)
         problems.append(f"{loc}: {_describe(error)}")
     return problems
 
@@ -332,7 +285,7 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
     """Validate an already-parsed config mapping; raise ``ConfigError`` listing every problem."""
     base_dir = path.parent if path else Path.cwd()
     problems: list[str] = []
-    raw = _interpolate(dict(raw), "", base_dir, problems)
+    raw = interpolate(raw, base_dir, problems)
     # a value whose ${...} failed was replaced by "": its validation errors would only echo
     # the real problem ("must not be empty"), so they are left out
     unresolved = {problem.partition(": ")[0] for problem in problems}
@@ -424,23 +377,7 @@ def parse_config(raw: Mapping[str, Any], *, path: Path | None = None) -> AppConf
 def load_config(path: str | Path | None = None) -> AppConfig:
     """Read, interpolate and validate a config file (``.toml``, ``.yaml`` or ``.yml``)."""
     path = Path(path) if path is not None else default_config_path()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            raw = yaml.safe_load(text) or {}
-            check_expanded_size(raw, path)
-        else:
-            raw = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: the top level must be a table")
-    return parse_config(raw, path=path.resolve())
+    return parse_config(read_config_file(path), path=path.resolve())
 
 
 def _notify_problems(
