@@ -4,7 +4,8 @@
 Which chunks (``Selection``, in ``selection``): the dead-lettered ones (the default), every
 chunk (``all``), or listed ids (``3,7-9``), of every route or of ``routes``; each goes to its
 route's primary, or to ``to``. The payload comes from the source, re-read and re-chunked by
-the engine itself when it is unchanged, else from the chunk's stored copy (``stored``). The
+the engine itself when it is unchanged, else from the chunk's stored copy (``payloads``,
+``stored``). The
 ``Replayer`` (``replayer``) holds the batch's lease while it sends and records every replay in
 the ledger's audit trail; what it did is a ``ReplayReport`` (``report``).
 """

@@ -3,7 +3,7 @@
 
 Which chunks (``Selection``): the dead-lettered ones (the default), every chunk (``all``), or
 listed ids (``3,7-9``), of every route or of ``routes``; each goes to its route's primary, or
-to ``to``. Where the payload comes from, in this order:
+to ``to``. Where the payload comes from (``sender.replay.payloads``), in this order:
 
 1. the **source**, re-read and re-chunked by the engine itself (``Engine.recreate_chunks``),
    when it is still there and unchanged since the batch was first read (a changed source is
@@ -34,24 +34,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from ..batch_source import list_source, source_change
-from ..chunker import RawChunk
 from ..errors import (
-    ConfigError,
     DeliveryError,
     ReplayRefused,
     SelectionError,
     SenderError,
-    SourceError,
     first_error,
 )
 from ..events import finish_batch
 from ..lease import hold_lease
 from ..log import get_logger, mask, mask_optional
-from ..model import ChunkState, EncodedChunk, ObjectInfo, TriggerMessage
+from ..model import ChunkState, EncodedChunk, TriggerMessage
 from ..ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
 from ..targets import Target
 from .pacing import Paced, Pacer
+from .payloads import Payloads
 from .report import GuardedReplayHooks, ReplayHooks, ReplayItem, ReplayReport
 from .selection import (
     Selection,
@@ -61,7 +58,6 @@ from .selection import (
     select_chunks,
     who_am_i,
 )
-from .stored import Unavailable, read_stored_copy
 
 if TYPE_CHECKING:
     from ..app import App
@@ -89,6 +85,7 @@ class Replayer:
         self.who = who or who_am_i()
         self.owner = f"replay:{self.who}:{os.getpid()}"
         self.hooks: ReplayHooks = GuardedReplayHooks(hooks or ReplayHooks())
+        self.payloads = Payloads(app, self.hooks)
 
     # -- the whole replay ----------------------------------------------------------------
 
@@ -206,7 +203,7 @@ class Replayer:
         report.items = await self._items(record.batch_id, chunks, selection)
         if not report.items:
             return  # a daemon settled them while we waited for its lease
-        objects = await self._source_objects(message, record, selection, report)
+        objects = await self.payloads.source_objects(message, record, selection, report)
         self.hooks.started(report)
         targets = self._targets(report, selection)
         queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None] = asyncio.Queue(
@@ -219,7 +216,7 @@ class Replayer:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
                     group.create_task(self._worker(queue, targets, routes, selection))
-                await self._produce(message, objects, report, targets, queue)
+                await self.payloads.produce(message, objects, report, targets, queue)
                 for _ in range(workers):
                     await queue.put(None)
         except BaseExceptionGroup as failed:
@@ -261,37 +258,6 @@ class Replayer:
             )
         return items
 
-    async def _source_objects(
-        self,
-        message: TriggerMessage,
-        record: BatchRecord,
-        selection: Selection,
-        report: ReplayReport,
-    ) -> list[ObjectInfo] | None:
-        """The source's objects when it can be read again, None when it is gone; refuse a
-        changed source unless forced."""
-        try:
-            _, listing = await list_source(self.config, self.app.source_for, message.uri)
-        except (SourceError, ConfigError) as exc:
-            report.source = f"gone ({exc}): chunks come from their stored copies"
-            return None
-        changed = source_change(record.objects, listing.objects)
-        if changed is not None:
-            if not selection.force:
-                raise ReplayRefused(
-                    f"{message.uri}: the source changed since the batch was first read "
-                    f"({changed}); its chunks would not be the ones first sent. Replay "
-                    "with --force to send the source as it is now"
-                )
-            report.source = f"changed ({changed}), sent as it is now (--force)"
-            return listing.objects
-        report.source = (
-            "unchanged"
-            if record.objects is not None
-            else "readable (its first run recorded no listing to compare with)"
-        )
-        return listing.objects
-
     def _targets(self, report: ReplayReport, selection: Selection) -> dict[str, Target]:
         pacer = Pacer(selection.rate) if selection.rate else None
         targets: dict[str, Target] = {}
@@ -303,92 +269,6 @@ class Replayer:
                 )
             targets[name] = target
         return targets
-
-    async def _produce(
-        self,
-        message: TriggerMessage,
-        objects: list[ObjectInfo] | None,
-        report: ReplayReport,
-        targets: dict[str, Target],
-        queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None],
-    ) -> None:
-        """Payloads for every item, in order: from the source where possible, else from the
-        stored copy; an item whose payload cannot be had fails here."""
-        by_route: dict[str, dict[str, ReplayItem]] = {}
-        for item in report.items:
-            by_route.setdefault(item.route, {})[item.chunk_id] = item
-        for route, items in by_route.items():
-            pending = dict(items)
-            if objects is not None:
-                try:
-                    async for raw in self.app.engine.recreate_chunks(
-                        message, route, objects, list(items)
-                    ):
-                        item = pending[raw.chunk_id]
-                        chunk = await self._checked(message, item, raw, targets, report)
-                        if chunk is not None:
-                            del pending[raw.chunk_id]
-                            item.origin = "source"
-                            await queue.put((item, chunk))
-                except SourceError as exc:
-                    log.warning("replay.source_failed", batch_id=message.batch_id, error=str(exc))
-                    report.source = f"unreadable part-way ({exc})"
-            for item in pending.values():
-                try:
-                    raw = await read_stored_copy(
-                        self.config, self.app.source_for, item.before, item.dead_letter
-                    )
-                    item.origin = "stored copy"
-                    chunk = await self.app.engine.encode_for(
-                        message, route, raw, targets[item.target]
-                    )
-                except Unavailable as exc:
-                    item.state, item.error = "failed", str(exc)
-                    self.hooks.chunk_done(item)
-                    continue
-                await queue.put((item, chunk))
-
-    async def _checked(
-        self,
-        message: TriggerMessage,
-        item: ReplayItem,
-        raw: RawChunk,
-        targets: dict[str, Target],
-        report: ReplayReport,
-    ) -> EncodedChunk | None:
-        """The re-created chunk for its target, when it is the one the ledger knows: same
-        records and bytes, and the payload its holder got hashes the same. Else None (the
-        stored copy is tried), unless the replay was forced."""
-        before = item.before
-        engine = self.app.engine
-        chunk = await engine.encode_for(message, item.route, raw, targets[item.target])
-        problem = None
-        if raw.records != before.records or (before.raw_size and raw.raw_size != before.raw_size):
-            problem = (
-                f"re-created with {raw.records} records ({raw.raw_size} bytes), first sent "
-                f"with {before.records} ({before.raw_size} bytes)"
-            )
-        elif before.checksum and before.target in self.app.targets:
-            holder = self.app.targets[before.target]
-            first = chunk
-            if holder.encoding != targets[item.target].encoding:
-                first = await engine.encode_for(message, item.route, raw, holder)
-            if first.checksum != before.checksum:
-                problem = "re-created payload differs from the one first sent"
-        if problem is None:
-            return chunk
-        if report.selection.force:
-            item.note = f"{problem} (sent anyway: --force)"
-            return chunk
-        item.note = f"{problem} (route config changed?): sent from the stored copy"
-        log.warning(
-            "replay.chunk_differs",
-            batch_id=message.batch_id,
-            route=item.route,
-            chunk=item.chunk_id,
-            problem=problem,
-        )
-        return None
 
     async def _worker(
         self,
