@@ -105,11 +105,13 @@ def replay_summary(report: Any) -> RenderableType:
     """After a replay: the table, errors, what was sent and the reconciliation now."""
     items = report.items
     lines: list[RenderableType] = []
-    if not items:
+    if not items and report.rest is None:
         what = describe_selectors(report.selection.to_dict())
         lines.append(Text(f"nothing to replay: no chunk of {report.batch_id} matches {what}"))
+        lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
         return Group(*lines)
-    lines.append(replay_table(items))
+    if items:
+        lines.append(replay_table(items))
     for item in items:
         if item.error or item.note:
             lines.append(Text(f"  chunk {item.chunk_id} ({item.route})", style="bold"))
@@ -127,7 +129,7 @@ def replay_summary(report: Any) -> RenderableType:
                 style="yellow" if ready == len(items) else "red",
             )
         )
-    else:
+    elif items:
         done = len(report.delivered)
         lines.append(
             Text(
@@ -137,6 +139,13 @@ def replay_summary(report: Any) -> RenderableType:
             )
         )
     lines.append(Text(f"source: {report.source}", style="dim"))
+    if report.rest is not None:
+        lines.append(
+            Text(
+                f"the chunks the batch's run never cut: {report.rest}",
+                style="green" if report.rest == "complete" else "red",
+            )
+        )
     lines.extend(Text(f"warning: {warning}", style="yellow") for warning in report.warnings)
     for name, stats in report.routes.items():
         lines.append(Text(f"route {name}", style="bold"))

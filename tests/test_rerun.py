@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from sender.app import App
@@ -15,6 +16,7 @@ from sender.model import BatchState, TriggerMessage
 from sender.retry import set_testing
 from sender.testing.receiver import Receiver
 from tests.batches import write_batch
+from tests.test_cli import sender as cli
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +82,72 @@ async def test_a_failed_batch_is_finished_under_its_id_after_its_input_is_fixed(
     assert record is not None and record.state is BatchState.COMPLETE
     assert record.objects is not None
     assert {o.size for o in record.objects if o.uri.endswith(last.name)} == {len(good)}
+
+
+async def fail_on_a_corrupt_part(tmp_path: Path, url: str) -> tuple[Path, Path, bytes]:
+    """``sender send`` of a batch whose last part has a bad record at line 41: the config,
+    that part file and its good bytes."""
+    uri = write_batch(tmp_path / "in", 300)
+    last = sorted(uri.glob("part-*"))[-1]
+    good = last.read_bytes()
+    lines = good.splitlines(keepends=True)
+    last.write_bytes(b"".join(lines[:40]) + b"{corrupt\n" + b"".join(lines[40:]))
+    path = config(tmp_path, url)
+    code, out, err = await cli(*send_args(path))
+    assert code == 1, (out, err)
+    assert f"bad record at {last.name}:41" in out + err
+    return path, last, good
+
+
+def send_args(path: Path) -> tuple[str, ...]:
+    uri = path.parent / "in"
+    return ("send", str(uri), "--dataset", "churn", "--batch-id", "b-1", "-c", str(path))
+
+
+async def assert_complete_with_every_record(path: Path) -> None:
+    code, out, _ = await cli("status", "b-1", "-c", str(path))
+    assert code == 0 and "complete" in out
+    assert "read 300 = delivered 300 + dead-lettered 0 + rejected 0" in " ".join(out.split())
+
+
+async def test_sender_send_rerun_finishes_a_failed_batch_from_the_shell(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    path, last, good = await fail_on_a_corrupt_part(tmp_path, receiver.url)
+    before = len(receiver.records())
+    assert 0 < before < 300
+
+    last.write_bytes(good)
+    code, out, err = await cli(*send_args(path))
+    assert code == 1 and "--rerun" in out + err, (out, err)
+
+    code, out, err = await cli(*send_args(path), "--rerun", "--json")
+    assert code == 0, (out, err)
+    outcome = orjson.loads(out)
+    assert outcome["batch_id"] == "b-1" and outcome["state"] == "complete"
+    assert outcome["records"]["read"] == 300 and outcome["records"]["delivered"] == 300
+    assert len(receiver.unique_records()) == 300
+    assert len(receiver.records()) == 300  # the chunks of the first run were not sent again
+    await assert_complete_with_every_record(path)
+
+
+async def test_replay_all_force_covers_the_chunks_the_failed_run_never_cut(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    path, last, good = await fail_on_a_corrupt_part(tmp_path, receiver.url)
+    first = {r["id"] for r in receiver.records()}
+    assert 0 < len(first) < 300
+    code, out, _ = await cli("replay", "b-1", "-c", str(path))
+    assert code == 0 and "sender send --rerun" in " ".join(out.split()), out
+
+    last.write_bytes(good)
+    code, out, err = await cli("replay", "b-1", "--all", "--force", "--json", "-c", str(path))
+    assert code == 0, (out, err)
+    report = orjson.loads(out)
+    assert report["rest"] == "complete"
+    churn = report["routes"]["churn"]
+    assert churn["read"] == 300 and churn["delivered"] == 300 and report["reconciled"]
+    assert len(receiver.unique_records()) == 300  # every record of the batch got out
+    resent = [r["id"] for r in receiver.records()]
+    assert len(resent) == 300 + len(first)  # --all: the first run's chunks went again too
+    await assert_complete_with_every_record(path)

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..errors import (
+    BatchBusy,
     DeliveryError,
     ReplayRefused,
     SelectionError,
@@ -44,7 +45,7 @@ from ..errors import (
 from ..events import finish_batch
 from ..lease import hold_lease
 from ..log import get_logger, mask, mask_optional
-from ..model import ChunkState, EncodedChunk, TriggerMessage
+from ..model import BatchState, ChunkState, EncodedChunk, TriggerMessage
 from ..ports import BatchRecord, ChunkRecord, ReplayLog, RouteStats, replays_of
 from ..targets import Target
 from .pacing import Paced, Pacer
@@ -100,8 +101,11 @@ class Replayer:
         chunks = await self.ledger.chunks(batch_id)
         check_chunk_ids(chunks, selection)
         selected = select_chunks(chunks, selection)
-        if not selected:
+        rest = _covers_the_rest(record, selection)
+        if not selected and not rest:
             report.routes = record.routes
+            if record.state is BatchState.FAILED:
+                report.warnings.append(_REST_HINT)
             return report
         gone = sorted({c.route for c in selected} - set(self.config.routes))
         if gone:
@@ -111,6 +115,8 @@ class Replayer:
             )
         report.items = await self._items(batch_id, chunks, selection)
         report.batch_finished_at = record.finished_at
+        if record.state is BatchState.FAILED and not rest:
+            report.warnings.append(_REST_HINT)
         now = datetime.now(UTC)
         if (
             selection.dry_run
@@ -124,6 +130,11 @@ class Replayer:
         try:
             if selection.dry_run:
                 await self._replay(record, chunks, selection, report)
+                if rest:
+                    report.warnings.append(
+                        f"the batch's run ended {record.state.value}: a replay would also cut "
+                        "the rest of its chunks from the source as it is now and send them"
+                    )
             else:
                 await self._take_lease(record, selection.wait_s)
                 lease_s = self.config.daemon.lease_s
@@ -131,7 +142,9 @@ class Replayer:
                     # the daemon may have moved the batch on while we waited: read it again
                     record = await self._batch(batch_id)
                     chunks = await self.ledger.chunks(batch_id)
-                    await self._replay(record, chunks, selection, report)
+                    readable = await self._replay(record, chunks, selection, report)
+                if rest:
+                    await self._send_rest(record, selection, readable, report)
         except ReplayRefused as exc:
             report.refused = str(exc)
             report.duration_s = time.monotonic() - started
@@ -198,12 +211,13 @@ class Replayer:
         chunks: list[ChunkRecord],
         selection: Selection,
         report: ReplayReport,
-    ) -> None:
+    ) -> bool:
+        """Send the selected chunks; whether the source can be read."""
         message = TriggerMessage.model_validate(record.message)
         report.items = await self._items(record.batch_id, chunks, selection)
-        if not report.items:
-            return  # a daemon settled them while we waited for its lease
         objects = await self.payloads.source_objects(message, record, selection, report)
+        if not report.items:
+            return objects is not None  # a daemon settled them while we waited for its lease
         self.hooks.started(report)
         targets = self._targets(report, selection)
         queue: asyncio.Queue[tuple[ReplayItem, EncodedChunk] | None] = asyncio.Queue(
@@ -242,6 +256,31 @@ class Replayer:
             # a diff route's baseline takes what the replay delivered (it was held back)
             for route in sorted({item.route for item in report.delivered}):
                 await asyncio.shield(self.app.engine.commit_diff(message, route))
+        return objects is not None
+
+    async def _send_rest(
+        self, record: BatchRecord, selection: Selection, readable: bool, report: ReplayReport
+    ) -> None:
+        """The chunks a run that ended early (failed on its input, stopped) never cut: a run
+        of the batch under its id (``rerun``) cuts every chunk from the source as it is now,
+        counts those the ledger has settled and sends the others, so the reconciliation
+        counts every record."""
+        if not readable:
+            report.warnings.append(
+                f"the batch's run ended {record.state.value} and its source cannot be read: "
+                "the chunks it never cut were not sent"
+            )
+            return
+        message = TriggerMessage.model_validate(record.message)
+        routes = selection.routes or message.routes
+        rerun = message.model_copy(update={"rerun": True, "routes": routes})
+        try:
+            outcome = await self.app.engine.run_batch(rerun)
+        except BatchBusy as exc:
+            report.rest = f"not sent: {exc}"
+            return
+        report.rest = outcome.state.value + (f": {outcome.error}" if outcome.error else "")
+        report.routes = dict(outcome.routes)
 
     async def _items(
         self, batch_id: str, chunks: Sequence[ChunkRecord], selection: Selection
@@ -330,3 +369,17 @@ class Replayer:
             bytes=len(chunk.payload),
             **fields,
         )
+
+
+_REST_HINT = (
+    "the batch's run failed before it cut every chunk: `sender replay --all` (with --force "
+    "when its input was fixed) or `sender send --rerun` sends the rest"
+)
+
+
+def _covers_the_rest(record: BatchRecord, selection: Selection) -> bool:
+    """``--all`` of a batch whose run did not complete covers the chunks it never cut, sent
+    to their routes' targets (not with ``--to``: a run sends to the route's own)."""
+    return (
+        selection.mode == "all" and selection.to is None and record.state is not BatchState.COMPLETE
+    )

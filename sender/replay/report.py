@@ -71,6 +71,9 @@ class ReplayReport:
     routes: dict[str, RouteStats] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     batch_finished_at: datetime | None = None  # as the batch's run left it
+    # how the chunks the batch's run never cut went (``--all`` of a batch that did not
+    # complete): the state of the run that sent them, with its error
+    rest: str | None = None
     interrupted: bool = False
     duration_s: float = 0.0
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -90,6 +93,7 @@ class ReplayReport:
             self.refused is None
             and not self.interrupted
             and all(i.state == done for i in self.items)
+            and self.rest in (None, "complete")
         )
 
     @property
@@ -98,7 +102,7 @@ class ReplayReport:
             return "refused"
         if self.interrupted:
             return "interrupted"
-        if not self.items:
+        if not self.items and self.rest is None:
             return "nothing to replay"
         if self.selection.dry_run:
             return "dry run" if self.ok else "dry run: some chunks cannot be replayed"
@@ -113,6 +117,7 @@ class ReplayReport:
             "refused": self.refused,
             "source": self.source or None,
             "warnings": list(self.warnings),
+            "rest": self.rest,
             "selected": len(self.items),
             "delivered": len(self.delivered),
             "failed": len(self.failed),
