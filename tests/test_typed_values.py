@@ -221,7 +221,7 @@ async def test_daemon_max_record_bytes_makes_a_longer_line_a_bad_record(
     (folder / "part-00000.json").write_bytes(b'{"id": 1}\n' + long + b'\n{"id": 3}\n')
     (folder / "_SUCCESS").write_bytes(b"")
     text = _config(receiver.url).replace(
-        'ledger = "ledger.db"', 'ledger = "ledger.db"\nmax_record_bytes = \"1MiB\"'
+        'ledger = "ledger.db"', 'ledger = "ledger.db"\nmax_record_bytes = "1MiB"'
     )
     outcome = await _send(write_config(text), folder, "jsonl")
     assert _received(receiver) == [b'{"id": 1}', b'{"id": 3}']
