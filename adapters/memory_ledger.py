@@ -1,4 +1,5 @@
-"""The in-memory ledger: the ``Ledger``, ``ReplayLog`` and ``Inbox`` ports in a few dicts,
+"""The in-memory ledger: the ``Ledger``, ``ReplayLog`` and ``Inbox`` ports (and the optional
+``DiffStore``, ``Outbox`` and ``SharedLimits``) in a few dicts,
 for fast tests of the core. It passes the same contract suites as ``SqliteLedger``
 (``sender.testing.LedgerContract``, ``ReplayLogContract``, ``InboxContract``); nothing is
 durable, and it is not registered as a ``daemon.ledger`` type.
@@ -17,6 +18,7 @@ from sender.errors import AdapterClosed, LedgerError
 from sender.model import BatchState, ChunkState, ObjectInfo, TriggerMessage, chunk_sort_key
 from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, Resource, RouteStats
 from sender_adapters.memory_diff import MemoryDiff
+from sender_adapters.memory_limits import MemoryLimits
 from sender_adapters.memory_outbox import MemoryOutbox
 
 __all__ = ["MemoryLedger"]
@@ -30,7 +32,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class MemoryLedger(MemoryOutbox, MemoryDiff, Resource):
+class MemoryLedger(MemoryOutbox, MemoryDiff, MemoryLimits, Resource):
     """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
     (including ``record_replay``/``replays``, the inbox and diff sync's ``DiffStore``),
     nothing durable.
@@ -55,6 +57,7 @@ class MemoryLedger(MemoryOutbox, MemoryDiff, Resource):
         self._closed = False
         self._init_diff()
         self._init_outbox()
+        self._init_limits()
 
     @classmethod
     def from_url(

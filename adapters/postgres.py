@@ -22,6 +22,8 @@ How replicas share work safely:
 - **Inbox** (the ``http`` trigger's queue, ``postgres_inbox``): replicas claiming at once
   each get different messages without waiting on each other.
 - **Diff sync** (``postgres_diff``): one baseline per dataset and route for every replica.
+- **Destination limits** (``postgres_limits``): one rate limit, pause and circuit per
+  destination for every replica (``SharedLimits``), and the replicas' heartbeats.
 - **One clock**: times come from the database server (``now()``), not from each replica, so
   lease expiry does not depend on the replicas' clocks agreeing. Tests may inject ``clock``.
 
@@ -57,6 +59,7 @@ from sender_adapters._sql import (
 )
 from sender_adapters.postgres_diff import DIFF_MIGRATION, PostgresDiff
 from sender_adapters.postgres_inbox import INBOX_MIGRATION, PostgresInbox
+from sender_adapters.postgres_limits import LIMITS_MIGRATION, PostgresLimits
 from sender_adapters.postgres_outbox import OUTBOX_MIGRATION, PostgresOutbox, finish_row
 from sender_adapters.postgres_store import NOW, affected
 
@@ -129,6 +132,8 @@ _BATCHES: Migration = (
 MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 # the outbox of completion events (sender.events)
 MIGRATIONS += (OUTBOX_MIGRATION,)
+# destination limits shared by the replicas, and their heartbeats (sender.shared_limits)
+MIGRATIONS += (LIMITS_MIGRATION,)
 
 # $1 is the clock (NOW) in every statement that takes it
 _SAVE_CHUNKS = upsert(
@@ -155,10 +160,10 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
     return batch_record(row)
 
 
-class PostgresLedger(PostgresInbox, PostgresDiff, PostgresOutbox):
-    """The ``Ledger``, ``ReplayLog``, ``Inbox`` and ``DiffStore`` ports on PostgreSQL (see
-    the module docstring); ``PostgresLedger(dsn, clock=)`` or ``from_url``: see
-    ``PostgresStore``."""
+class PostgresLedger(PostgresInbox, PostgresDiff, PostgresOutbox, PostgresLimits):
+    """The ``Ledger``, ``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox`` and
+    ``SharedLimits`` ports on PostgreSQL (see the module docstring);
+    ``PostgresLedger(dsn, clock=)`` or ``from_url``: see ``PostgresStore``."""
 
     migrations = MIGRATIONS
 

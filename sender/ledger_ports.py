@@ -4,7 +4,8 @@
 - ``ReplayLog``: the audit trail of ``sender replay`` (``sender status`` shows it);
 - ``Inbox``: the durable queue of the ``http`` trigger (messages POSTed to the daemon);
 - ``DiffStore``: diff sync's baseline per route and each batch's frozen plan (``sender.diff``);
-- ``Outbox``: completion events written with the batch's end, delivered later (``sender.events``).
+- ``Outbox``: completion events written with the batch's end, delivered later (``sender.events``);
+- ``SharedLimits``: destination limits one state for every replica (``sender.limit_ports``).
 
 A ledger class registers under the ``sender.ledgers`` entry-point group and declares the URL
 schemes it serves (``LedgerType``); ``daemon.ledger``'s scheme picks it. Re-exported by
@@ -18,23 +19,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
+from .limit_ports import DestinationLimits, LimitGrant, SharedLimits
 from .model import BatchState, ChunkState, ObjectInfo, TriggerMessage
 
 __all__ = [
     "BatchRecord",
     "ChunkRecord",
+    "DestinationLimits",
     "DiffStore",
     "Inbox",
     "InboxMessage",
     "InboxOutcome",
     "Ledger",
     "LedgerType",
+    "LimitGrant",
     "Outbox",
     "OutboxEvent",
     "PlanKind",
     "PlanRow",
     "ReplayLog",
     "RouteStats",
+    "SharedLimits",
     "replays_of",
 ]
 

@@ -2,9 +2,9 @@
 
 ``metered(ledger, on_error=metrics.ledger_error)`` returns a wrapper that implements exactly
 the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog``,
-``Inbox``, ``DiffStore`` and ``Outbox`` when the inner one has them), so ``isinstance``
-checks at wiring see the truth: the wrapper's class is composed of one mixin per ability
-the inner ledger has.
+``Inbox``, ``DiffStore``, ``Outbox`` and ``SharedLimits`` when the inner one has them), so
+``isinstance`` checks at wiring see the truth: the wrapper's class is composed of one mixin
+per ability the inner ledger has.
 Every ``LedgerError`` a call raises calls ``on_error(operation)`` (the method's name) and is
 raised again; results and other errors pass through untouched. The wrapper opens and closes
 its inner ledger.
@@ -21,16 +21,19 @@ from .errors import LedgerError
 from .ledger_ports import (
     BatchRecord,
     ChunkRecord,
+    DestinationLimits,
     DiffStore,
     Inbox,
     InboxMessage,
     InboxOutcome,
     Ledger,
+    LimitGrant,
     Outbox,
     OutboxEvent,
     PlanRow,
     ReplayLog,
     RouteStats,
+    SharedLimits,
 )
 from .model import BatchState, ObjectInfo, TriggerMessage
 
@@ -47,6 +50,7 @@ class _Counting:
     _inbox: Inbox
     _diff: DiffStore
     _outbox: Outbox
+    _limits: SharedLimits
 
     async def _count(self, operation: str, call: Awaitable[_T]) -> _T:
         try:
@@ -71,6 +75,8 @@ class MeteredLedger(_Counting):
             self._diff = ledger
         if isinstance(ledger, Outbox):
             self._outbox = ledger
+        if isinstance(ledger, SharedLimits):
+            self._limits = ledger
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._ledger!r})"
@@ -243,12 +249,36 @@ class _OutboxCalls(_Counting):
         return await self._count("get_event", self._outbox.get_event(event_id, destination))
 
 
+class _SharedLimitsCalls(_Counting):
+    async def take_tokens(self, destination: str, rate: float, tokens: float) -> LimitGrant:
+        call = self._limits.take_tokens(destination, rate, tokens)
+        return await self._count("take_tokens", call)
+
+    async def pause_destination(self, destination: str, seconds: float) -> None:
+        call = self._limits.pause_destination(destination, seconds)
+        await self._count("pause_destination", call)
+
+    async def open_circuit(self, destination: str, seconds: float) -> None:
+        await self._count("open_circuit", self._limits.open_circuit(destination, seconds))
+
+    async def destination_limits(self, destinations: Sequence[str]) -> dict[str, DestinationLimits]:
+        call = self._limits.destination_limits(destinations)
+        return await self._count("destination_limits", call)
+
+    async def heartbeat(self, owner: str, live_s: float) -> int:
+        return await self._count("heartbeat", self._limits.heartbeat(owner, live_s))
+
+    async def leave(self, owner: str) -> None:
+        await self._count("leave", self._limits.leave(owner))
+
+
 # each optional ability of a ledger, and the mixin that passes its calls through
 _ABILITIES: tuple[tuple[type, type[_Counting]], ...] = (
     (ReplayLog, _ReplayLogCalls),
     (Inbox, _InboxCalls),
     (DiffStore, _DiffStoreCalls),
     (Outbox, _OutboxCalls),
+    (SharedLimits, _SharedLimitsCalls),
 )
 
 
@@ -261,7 +291,8 @@ def _wrapper(abilities: tuple[bool, ...]) -> type[MeteredLedger]:
 
 def metered(ledger: Ledger, *, on_error: OnError) -> MeteredLedger:
     """``ledger`` wrapped so that each ``LedgerError`` calls ``on_error(operation)``; the
-    wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox``)
+    wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox``,
+    ``SharedLimits``)
     exactly when ``ledger`` does."""
     abilities = tuple(isinstance(ledger, port) for port, _ in _ABILITIES)
     return _wrapper(abilities)(ledger, on_error=on_error)

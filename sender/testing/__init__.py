@@ -3,8 +3,10 @@
 One suite per port: ``SourceContract`` (``sender.testing.source``), ``DestinationContract``
 (``sender.testing.destination``), ``TriggerContract`` (``sender.testing.trigger``), and for
 a ledger ``LedgerContract`` (``sender.testing.ledger``) plus, for the optional ledger ports
-it implements, ``ReplayLogContract`` (``sender.testing.replay_log``) and ``InboxContract``
-(``sender.testing.inbox``); each module's docstring says which fixtures its suite needs.
+it implements, ``ReplayLogContract`` (``sender.testing.replay_log``), ``InboxContract``
+(``sender.testing.inbox``), ``OutboxContract``, ``DiffStoreContract`` and
+``SharedLimitsContract`` (``sender.testing.shared_limits``); each module's docstring says
+which fixtures its suite needs.
 For example, a ledger with every port::
 
     import pytest
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from .ledger_suite import Clock, make_chunk, make_message
     from .outbox import OutboxContract
     from .replay_log import ReplayLogContract
+    from .shared_limits import SharedLimitsContract
     from .source import SourceContract
     from .trigger import TriggerContract
 
@@ -45,6 +48,7 @@ __all__ = [
     "LedgerContract",
     "OutboxContract",
     "ReplayLogContract",
+    "SharedLimitsContract",
     "SourceContract",
     "TriggerContract",
     "make_chunk",
@@ -62,6 +66,7 @@ _HOMES = {
     "LedgerContract": "ledger",
     "OutboxContract": "outbox",
     "ReplayLogContract": "replay_log",
+    "SharedLimitsContract": "shared_limits",
     "SourceContract": "source",
     "TriggerContract": "trigger",
     "make_chunk": "ledger_suite",
