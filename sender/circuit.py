@@ -19,6 +19,9 @@ stop retrying at once (``refuses_retry``) and move on to the next target.
 In HALF_OPEN exactly one send is let through (``acquire`` returns True for it) and it gets a
 single attempt; every other send is refused until the probe has settled.
 
+Another replica sharing the ledger may ``trip`` the circuit open from outside (``circuit.opened``
+with the reason "opened by another replica"); half-open probing stays each replica's own.
+
 State changes are logged (``circuit.opened``, ``circuit.half_open``, ``circuit.closed``, with
 the target) and counted in ``CircuitBreaker.transitions``. The clock is injectable, so tests
 move time instead of sleeping.
@@ -146,6 +149,22 @@ class CircuitBreaker:
                     reason=f"{failed:.0%} of the last {len(self._window)} deliveries failed",
                     error=error,
                 )
+
+    def trip(self, open_for_s: float, *, reason: str) -> bool:
+        """Open the circuit from outside for ``open_for_s`` seconds (then half-open, probing
+        as usual): another replica found the destination down. An open circuit is only held
+        open longer, never shortened. True if it changed anything."""
+        if open_for_s <= 0:
+            return False
+        opened_at = self._clock() + open_for_s - self.config.reset_s
+        if self.state is CircuitState.OPEN:
+            if opened_at <= self._opened_at:
+                return False
+            self._opened_at = opened_at
+            return True
+        self._opened_at = opened_at
+        self._set(CircuitState.OPEN, reason=reason)
+        return True
 
     def release(self, probe: bool) -> None:
         """A send ended without an outcome (cancelled, closed): let another probe through."""
