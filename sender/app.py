@@ -1,5 +1,9 @@
 """The composition root: builds the ledger, sources, targets and engine from the config by
-looking adapters up in the registry, and owns them in one ``AsyncExitStack``."""
+looking adapters up in the registry, and owns them in one ``AsyncExitStack``.
+
+A ledger with ``SharedLimits`` (PostgreSQL) makes every target's limits shared by the
+replicas (``sender.shared_limits``): the client and its poller live on the same stack,
+closed before the targets and the ledger they use."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from .engine import Engine
 from .hooks import Hooks
 from .metered_ledger import metered
 from .metrics import Metrics
-from .ports import Checkable, Destination, Ledger, LedgerBound, Source, Trigger
+from .ports import Checkable, Destination, Ledger, LedgerBound, SharedLimits, Source, Trigger
 from .registry import ledger_class
+from .shared_limits import SharedLimitsClient
 from .targets import Target
 
 __all__ = ["App", "checkable_dead_letters", "open_ledger", "open_trigger"]
@@ -49,6 +54,8 @@ class App:
             open_ledger(config.daemon.ledger), on_error=self.metrics.ledger_error
         )
         self.targets: dict[str, Target] = {}  # filled on enter
+        # the limits shared by every replica, when the ledger can share them (PostgreSQL)
+        self.shared_limits: SharedLimitsClient | None = None
         self.engine = Engine(config, self.ledger, self.targets, self.source_for, hooks=self.hooks)
 
     async def __aenter__(self) -> App:
@@ -60,6 +67,11 @@ class App:
                 self.targets[name] = Target(
                     name, destination, section.options, metrics=self.metrics
                 )
+            if isinstance(self.ledger, SharedLimits):
+                shared = SharedLimitsClient(self.ledger, self.engine.owner)
+                for target in self.targets.values():
+                    shared.attach(target)
+                self.shared_limits = await self._stack.enter_async_context(shared)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .units import Rate
 
-__all__ = ["BURST_S", "Pause", "RateLimiter", "TokenBucket", "burst_of"]
+__all__ = ["BURST_S", "Bucket", "Pause", "RateLimiter", "TokenBucket", "burst_of"]
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -38,6 +38,15 @@ BURST_S = 0.05  # seconds' worth of tokens a limiter saves up: well under the 10
 def burst_of(per_second: float) -> float:
     """The bucket size of a limit of ``per_second``: ``BURST_S`` worth, at least one token."""
     return max(1.0, per_second * BURST_S)
+
+
+class Bucket(Protocol):
+    """What ``RateLimiter`` spends tokens from: a ``TokenBucket`` of this process, or the
+    limit shared by every replica (``sender.shared_limits.SharedBucket``)."""
+
+    async def acquire(self, cost: float = 1.0) -> float:
+        """Wait for ``cost`` tokens; return the seconds waited."""
+        ...
 
 
 class TokenBucket:
@@ -112,7 +121,9 @@ class RateLimiter:
     ) -> None:
         self.rate = rate
         per_second = rate.per_second
-        self.bucket = TokenBucket(per_second, burst_of(per_second), clock=clock, sleep=sleep)
+        self.bucket: Bucket = TokenBucket(
+            per_second, burst_of(per_second), clock=clock, sleep=sleep
+        )
         self.waits = 0
         self.waited_s = 0.0
 

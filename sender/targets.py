@@ -8,6 +8,9 @@ every delivery to it, shared by all batches:
 - **concurrency**: a fixed number of requests in flight, or ``"adaptive"`` (AIMD up to
   ``max_concurrency``, ``sender.concurrency``);
 - the **retry policy** (``sender.retry``);
+- **shared limits**: with a ledger that has ``SharedLimits`` (PostgreSQL) the rate limit, a
+  receiver's pause and an open circuit are one state for every replica
+  (``sender.shared_limits``, attached at wiring as ``Target.shared``);
 - **gone**: a ``PermanentError`` with ``gone`` (HTTP 410) disables the target for the rest of
   the process (``destination.gone``, ``sender_destination_gone_total``, ``stats()["gone"]``):
   every later send fails at once, so chunks go on to the fallback or the dead-letter store.
@@ -30,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .circuit import CircuitBreaker, CircuitState
 from .concurrency import AIMDController, Limiter
@@ -43,6 +46,9 @@ from .model import EncodedChunk, Receipt
 from .ports import Destination
 from .ratelimit import Pause, RateLimiter
 from .retry import RetryEvent, RetryPolicy, is_testing
+
+if TYPE_CHECKING:
+    from .shared_limits import SharedDestination
 
 __all__ = ["Delivered", "Target"]
 
@@ -99,6 +105,8 @@ class Target:
         self.level: int | None = options.compression_level
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
+        # the limits shared with other replicas (sender.shared_limits), set at wiring
+        self.shared: SharedDestination | None = None
         self.adaptive = options.concurrency == "adaptive"
         self.concurrency = options.max_in_flight
         # adaptive starts at one request and earns more, as ARC does
@@ -153,6 +161,8 @@ class Target:
             if self.rate_limiter
             else 0.0,
             "pauses": self.pause.pauses,
+            # "shared" by every replica, "local_share" while the ledger is lost, or "local"
+            "limits": "local" if self.shared is None else self.shared.mode,
             "circuit_retry_after_s": round(self.circuit.retry_after(), 3),
             "gone": self.gone,
             **self.attempts.stats(),
@@ -296,6 +306,8 @@ class Target:
     def _circuit_changed(self, name: str, old: CircuitState, new: CircuitState) -> None:
         if self.metrics is not None:
             self.metrics.breaker_state(name, new.value)
+        if self.shared is not None:
+            self.shared.circuit_changed(old, new)
 
     def _concurrency_changed(self, limit: int) -> None:
         if self.metrics is not None:
@@ -344,6 +356,8 @@ class Target:
                 error=str(error),
                 **log_fields,
             )
+            if self.shared is not None:  # every replica stops, not just this one
+                self.shared.paused(error.retry_after)
         # a failed request's round trip (a reset, a timeout, a quick 500) is no measure of
         # the receiver's latency: only its push-back counts (a field the destination sets:
         # 429, 503, a timeout, any answer that said when to come back)
