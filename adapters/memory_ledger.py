@@ -20,6 +20,7 @@ from sender.ports import BatchRecord, ChunkRecord, InboxMessage, InboxOutcome, R
 from sender_adapters.memory_diff import MemoryDiff
 from sender_adapters.memory_limits import MemoryLimits
 from sender_adapters.memory_outbox import MemoryOutbox
+from sender_adapters.memory_shards import MemoryShards
 
 __all__ = ["MemoryLedger"]
 
@@ -32,7 +33,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class MemoryLedger(MemoryOutbox, MemoryDiff, MemoryLimits, Resource):
+class MemoryLedger(MemoryOutbox, MemoryShards, MemoryDiff, MemoryLimits, Resource):
     """The ``Ledger`` port in a few dicts: same API and semantics as ``SqliteLedger``
     (including ``record_replay``/``replays``, the inbox and diff sync's ``DiffStore``),
     nothing durable.
@@ -58,6 +59,7 @@ class MemoryLedger(MemoryOutbox, MemoryDiff, MemoryLimits, Resource):
         self._init_diff()
         self._init_outbox()
         self._init_limits()
+        self._init_shards()
 
     @classmethod
     def from_url(

@@ -61,6 +61,7 @@ from sender_adapters.postgres_diff import DIFF_MIGRATION, PostgresDiff
 from sender_adapters.postgres_inbox import INBOX_MIGRATION, PostgresInbox
 from sender_adapters.postgres_limits import LIMITS_MIGRATION, PostgresLimits
 from sender_adapters.postgres_outbox import OUTBOX_MIGRATION, PostgresOutbox, finish_row
+from sender_adapters.postgres_shards import SHARDS_MIGRATION, PostgresShards
 from sender_adapters.postgres_store import NOW, affected
 
 __all__ = ["MIGRATIONS", "PostgresLedger"]
@@ -134,6 +135,8 @@ MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 MIGRATIONS += (OUTBOX_MIGRATION,)
 # destination limits shared by the replicas, and their heartbeats (sender.shared_limits)
 MIGRATIONS += (LIMITS_MIGRATION,)
+# the plans of sharded batches (sender.shards)
+MIGRATIONS += (SHARDS_MIGRATION,)
 
 # $1 is the clock (NOW) in every statement that takes it
 _SAVE_CHUNKS = upsert(
@@ -160,9 +163,9 @@ def _batch(row: asyncpg.Record) -> BatchRecord:
     return batch_record(row)
 
 
-class PostgresLedger(PostgresInbox, PostgresDiff, PostgresOutbox, PostgresLimits):
-    """The ``Ledger``, ``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox`` and
-    ``SharedLimits`` ports on PostgreSQL (see the module docstring);
+class PostgresLedger(PostgresInbox, PostgresDiff, PostgresOutbox, PostgresLimits, PostgresShards):
+    """The ``Ledger``, ``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox``,
+    ``SharedLimits`` and ``Shards`` ports on PostgreSQL (see the module docstring);
     ``PostgresLedger(dsn, clock=)`` or ``from_url``: see ``PostgresStore``."""
 
     migrations = MIGRATIONS

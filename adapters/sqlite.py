@@ -43,6 +43,7 @@ from sender_adapters._sql import (
 from sender_adapters.sqlite_diff import DIFF_MIGRATION, SqliteDiff
 from sender_adapters.sqlite_inbox import INBOX_MIGRATION, SqliteInbox
 from sender_adapters.sqlite_outbox import OUTBOX_MIGRATION, SqliteOutbox, finish_row
+from sender_adapters.sqlite_shards import SHARDS_MIGRATION, SqliteShards
 from sender_adapters.sqlite_store import dt, ts
 
 __all__ = ["MIGRATIONS", "SqliteLedger"]
@@ -112,6 +113,8 @@ _BATCHES: Migration = (
 MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 # the outbox of completion events (sender.events)
 MIGRATIONS += (OUTBOX_MIGRATION,)
+# the plans of sharded batches (sender.shards)
+MIGRATIONS += (SHARDS_MIGRATION,)
 
 _TAKE_LEASE = upsert("leases", ("batch_id", "owner", "expires"), ("batch_id",), ("?", "?", "?"))
 _SAVE_CHUNKS = upsert("chunks", CHUNK_COLUMNS, CHUNK_KEY, ["?"] * len(CHUNK_COLUMNS))
@@ -142,7 +145,7 @@ def _require_batch(conn: sqlite3.Connection, batch_id: str) -> sqlite3.Row:
     return row
 
 
-class SqliteLedger(SqliteInbox, SqliteDiff, SqliteOutbox):
+class SqliteLedger(SqliteInbox, SqliteDiff, SqliteOutbox, SqliteShards):
     """The ``Ledger``, ``ReplayLog`` and ``Inbox`` ports on a SQLite file (the embedded
     default). ``SqliteLedger(path, clock=)``: see ``SqliteStore``."""
 

@@ -2,9 +2,9 @@
 
 ``metered(ledger, on_error=metrics.ledger_error)`` returns a wrapper that implements exactly
 the ledger Protocols its inner ledger implements (``Ledger`` always; ``ReplayLog``,
-``Inbox``, ``DiffStore``, ``Outbox`` and ``SharedLimits`` when the inner one has them), so
-``isinstance`` checks at wiring see the truth: the wrapper's class is composed of one mixin
-per ability the inner ledger has.
+``Inbox``, ``DiffStore``, ``Outbox``, ``SharedLimits`` and ``Shards`` when the inner one
+has them), so ``isinstance`` checks at wiring see the truth: the wrapper's class is composed
+of one mixin per ability the inner ledger has.
 Every ``LedgerError`` a call raises calls ``on_error(operation)`` (the method's name) and is
 raised again; results and other errors pass through untouched. The wrapper opens and closes
 its inner ledger.
@@ -36,6 +36,7 @@ from .ledger_ports import (
     SharedLimits,
 )
 from .model import BatchState, ObjectInfo, TriggerMessage
+from .shard_ports import ShardEnd, ShardRecord, Shards
 
 __all__ = ["MeteredLedger", "metered"]
 
@@ -51,6 +52,7 @@ class _Counting:
     _diff: DiffStore
     _outbox: Outbox
     _limits: SharedLimits
+    _shards: Shards
 
     async def _count(self, operation: str, call: Awaitable[_T]) -> _T:
         try:
@@ -77,6 +79,8 @@ class MeteredLedger(_Counting):
             self._outbox = ledger
         if isinstance(ledger, SharedLimits):
             self._limits = ledger
+        if isinstance(ledger, Shards):
+            self._shards = ledger
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._ledger!r})"
@@ -272,6 +276,34 @@ class _SharedLimitsCalls(_Counting):
         await self._count("leave", self._limits.leave(owner))
 
 
+class _ShardsCalls(_Counting):
+    async def plan_shards(
+        self, batch_id: str, sizes: Sequence[int], *, replace: bool = False
+    ) -> list[ShardRecord]:
+        call = self._shards.plan_shards(batch_id, sizes, replace=replace)
+        return await self._count("plan_shards", call)
+
+    async def shards(self, batch_id: str) -> list[ShardRecord]:
+        return await self._count("shards", self._shards.shards(batch_id))
+
+    async def set_shards_published(self, batch_id: str) -> None:
+        await self._count("set_shards_published", self._shards.set_shards_published(batch_id))
+
+    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
+        return await self._count("start_shard", self._shards.start_shard(batch_id, shard))
+
+    async def finish_shard(
+        self,
+        batch_id: str,
+        shard: int,
+        state: ShardEnd,
+        routes: dict[str, RouteStats],
+        error: str | None = None,
+    ) -> bool:
+        call = self._shards.finish_shard(batch_id, shard, state, routes, error)
+        return await self._count("finish_shard", call)
+
+
 # each optional ability of a ledger, and the mixin that passes its calls through
 _ABILITIES: tuple[tuple[type, type[_Counting]], ...] = (
     (ReplayLog, _ReplayLogCalls),
@@ -279,6 +311,7 @@ _ABILITIES: tuple[tuple[type, type[_Counting]], ...] = (
     (DiffStore, _DiffStoreCalls),
     (Outbox, _OutboxCalls),
     (SharedLimits, _SharedLimitsCalls),
+    (Shards, _ShardsCalls),
 )
 
 
@@ -292,7 +325,6 @@ def _wrapper(abilities: tuple[bool, ...]) -> type[MeteredLedger]:
 def metered(ledger: Ledger, *, on_error: OnError) -> MeteredLedger:
     """``ledger`` wrapped so that each ``LedgerError`` calls ``on_error(operation)``; the
     wrapper has an optional ability (``ReplayLog``, ``Inbox``, ``DiffStore``, ``Outbox``,
-    ``SharedLimits``)
-    exactly when ``ledger`` does."""
+    ``SharedLimits``, ``Shards``) exactly when ``ledger`` does."""
     abilities = tuple(isinstance(ledger, port) for port, _ in _ABILITIES)
     return _wrapper(abilities)(ledger, on_error=on_error)

@@ -42,6 +42,7 @@ from .ledger_ports import (
 )
 from .model import EncodedChunk, ObjectInfo, Receipt, TriggerMessage
 from .options import DaemonConfig, DestinationOptions, Options, SourceOptions, TriggerOptions
+from .shard_ports import ShardRecord, Shards
 
 __all__ = [
     "AdapterFactory",
@@ -73,6 +74,8 @@ __all__ = [
     "Resource",
     "RouteStats",
     "ServesSchemes",
+    "ShardRecord",
+    "Shards",
     "SharedLimits",
     "Source",
     "SourceFactory",

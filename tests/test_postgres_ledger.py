@@ -51,6 +51,7 @@ _TABLES = (
     "diff_plans",
     "diff_plan_state",
     "diff_baseline",
+    "shards",
     "batches",
 )
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .ledger_suite import Clock, make_chunk, make_message
     from .outbox import OutboxContract
     from .replay_log import ReplayLogContract
+    from .shards import ShardsContract
     from .shared_limits import SharedLimitsContract
     from .source import SourceContract
     from .trigger import TriggerContract
@@ -48,6 +49,7 @@ __all__ = [
     "LedgerContract",
     "OutboxContract",
     "ReplayLogContract",
+    "ShardsContract",
     "SharedLimitsContract",
     "SourceContract",
     "TriggerContract",
@@ -67,6 +69,7 @@ _HOMES = {
     "OutboxContract": "outbox",
     "ReplayLogContract": "replay_log",
     "SharedLimitsContract": "shared_limits",
+    "ShardsContract": "shards",
     "SourceContract": "source",
     "TriggerContract": "trigger",
     "make_chunk": "ledger_suite",
