@@ -199,7 +199,11 @@ class HttpTrigger(Resource):
             await self._post(message)
             return
         try:
-            queued = await self._inbox.enqueue_message(message.batch_id, message.to_json())
+            # a batch's shards (sender.shards) are messages of their own, not duplicates
+            key = (
+                message.batch_id if message.shard is None else f"{message.batch_id}/{message.shard}"
+            )
+            queued = await self._inbox.enqueue_message(key, message.to_json())
         except LedgerError as exc:
             raise TriggerError(f"cannot store the trigger in the ledger: {exc}") from exc
         if queued:

@@ -246,8 +246,10 @@ class SqsTrigger(Resource):
         }
         if self.options.queue_url.endswith(".fifo"):
             params["MessageGroupId"] = message.dataset
+            # a batch's shards (sender.shards) are messages of their own, not duplicates
+            shard = "" if message.shard is None else f"/{message.shard}"
             params["MessageDeduplicationId"] = hashlib.sha256(
-                message.batch_id.encode()
+                (message.batch_id + shard).encode()
             ).hexdigest()[:64]
         with _mapped("send"):
             await client.send_message(**params)

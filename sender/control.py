@@ -21,6 +21,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -31,7 +32,8 @@ from .errors import MessageError, SenderError
 from .log import get_logger
 from .model import TriggerMessage, parse_trigger_message
 from .ports import Ledger
-from .serialize import batch_json
+from .serialize import batch_json, shard_json
+from .shard_ports import shards_of
 
 if TYPE_CHECKING:
     from .statuspage import StatusPage
@@ -203,7 +205,10 @@ class ControlServer:
         record = await self.ledger.get_batch(batch_id)
         if record is None:
             return _json({"error": f"no batch {batch_id!r}"}, 404)
-        return _json(batch_json(record, await self.ledger.chunks(batch_id)))
+        chunks = await self.ledger.chunks(batch_id)
+        now = datetime.now(UTC)
+        shards = [shard_json(s, chunks, now) for s in await shards_of(self.ledger, batch_id)]
+        return _json(batch_json(record, chunks, shards=shards))
 
     async def _post_batch(self, request: web.Request) -> web.Response:
         if self.accept is None:

@@ -43,7 +43,7 @@ from .ports import (
     PendingCount,
     Trigger,
 )
-from .settlement import RunningBatch, Settlement, Settlements, Verb
+from .settlement import RunningBatch, Settlement, Settlements, Verb, run_key
 
 __all__ = ["Daemon", "Settlement", "open_trigger"]
 
@@ -92,8 +92,8 @@ class Daemon:
 
     @property
     def active(self) -> set[str]:
-        """Ids of the batches running now."""
-        return set(self._running)
+        """Ids of the batches running now (a shard's too)."""
+        return {running.message.batch_id for running in self._running.values()}
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class Daemon:
                 )
                 await self.settlements.settle(envelope, "reject", str(exc))
                 return
-            running = self._running.get(message.batch_id)
+            running = self._running.get(run_key(message))
             if running is not None:
                 # checked and registered with no await in between: two copies taken at once
                 # cannot both start the batch
@@ -367,7 +367,7 @@ class Daemon:
                 )
                 return
             running = RunningBatch(message, [envelope])
-            self._running[message.batch_id] = running
+            self._running[run_key(message)] = running
             await self._run(running)
         finally:
             self._slots.release()
@@ -392,15 +392,24 @@ class Daemon:
     async def _run_and_settle(self, running: RunningBatch) -> None:
         batch_id = running.message.batch_id
         try:
-            outcome = await self.engine.run_batch(running.message, stop=self.stopping)
+            outcome = await self.engine.run_batch(running.message, stop=self.stopping, sharded=True)
+            if outcome.handoff is not None:  # sharded: publish its shards, then ack it
+                await self.engine.sharding.publish(self.trigger, batch_id, outcome.handoff)
+                await self._settle_all(running, "ack")
+                log.info("trigger.acked", batch_id=batch_id, sharded=True)
+                return
         except asyncio.CancelledError:
             # the grace period ran out: the engine recorded what finished; give the messages
             # back even though we are being cancelled
             await asyncio.shield(self._settle_all(running, "release"))
             raise
-        except (BatchBusy, LedgerError) as exc:
+        except (BatchBusy, LedgerError, TriggerError) as exc:
             log.warning("batch.deferred", batch_id=batch_id, reason=str(exc))
             await self._give_back(running)
+            return
+        except MessageError as exc:  # found out with the ledger (a shard of no such batch)
+            log.warning("trigger.rejected", batch_id=batch_id, reason=str(exc))
+            await self._settle_all(running, "reject", str(exc))
             return
         except Exception:
             log.exception("batch.crashed", batch_id=batch_id)
@@ -415,6 +424,7 @@ class Daemon:
                 batch_id=batch_id,
                 messages=len(running.envelopes),
                 already_complete=outcome.already_complete,
+                shard=running.message.shard,
             )
         elif outcome.state is BatchState.FAILED:
             log.warning("trigger.rejected", batch_id=batch_id, reason=outcome.error)
@@ -437,5 +447,5 @@ class Daemon:
     async def _settle_all(self, running: RunningBatch, verb: Verb, reason: str = "") -> None:
         # unregistered first: a copy taken from now on starts the batch afresh (and finds it
         # complete in the ledger), rather than joining a batch that is over
-        self._running.pop(running.message.batch_id, None)
+        self._running.pop(running.key, None)
         await self.settlements.settle_all(running, verb, reason)

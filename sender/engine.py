@@ -31,7 +31,6 @@ from .errors import (
     BadRecordPolicyFailed,
     BatchBusy,
     DeadLetterUnavailable,
-    DeliveryError,
     FinishFailed,
     MessageError,
     SenderError,
@@ -43,18 +42,13 @@ from .events import finish_batch
 from .hooks import Hooks, isolated
 from .lease import default_owner, hold_lease, take_stale_lease
 from .log import get_logger, mask_optional
-from .model import BatchState, EncodedChunk, ObjectInfo, TriggerMessage, chunk_sort_key
+from .model import BatchState, EncodedChunk, ObjectInfo, TriggerMessage
 from .outcome import BatchOutcome
-from .ports import (
-    BatchFinisher,
-    BatchRecord,
-    BatchSummary,
-    ChunkRecord,
-    Ledger,
-    Source,
-)
+from .ports import BatchRecord, ChunkRecord, Ledger, Source
 from .readers import read_records
+from .route_finish import finish_routes
 from .routing import SPLIT_TARGET, RouteRun, encode_chunk, recut
+from .shards import Sharding
 from .targets import Target
 
 __all__ = [
@@ -90,6 +84,10 @@ class Engine:
         self.hooks = isolated(hooks)
         self.owner = owner or default_owner()
         self.delivery = ChunkDelivery(ledger, self.hooks)
+        self.sharding = Sharding(self)
+
+    async def source_for(self, uri: str) -> Source:
+        return await self._source_for(uri)
 
     def routes_for(self, message: TriggerMessage) -> list[str]:
         return self.config.routes_for(message.dataset, message.routes)
@@ -108,12 +106,14 @@ class Engine:
         payloads and idempotency keys first sent. Raises ``SourceError`` like a run does."""
         if wanted is not None and not wanted:
             return
-        run = RouteRun.of(self.config, route, self.targets)
-        await attach_plan(self.ledger, message, run)
         source = await self._source_for(message.uri)
         limit = self.config.daemon.max_record_bytes
-        async for raw in recut(run, source, objects, message.format, wanted, limit):
-            yield raw
+        # a sharded batch is cut shard by shard, each numbered from its base
+        for base, part, mine in await self.sharding.parts(message.batch_id, objects, wanted):
+            run = RouteRun.of(self.config, route, self.targets, base=base)
+            await attach_plan(self.ledger, message, run)
+            async for raw in recut(run, source, part, message.format, mine, limit):
+                yield raw
 
     async def encode_for(
         self, message: TriggerMessage, route: str, raw: RawChunk, target: Target
@@ -130,17 +130,27 @@ class Engine:
         *,
         stop: asyncio.Event | None = None,
         force: bool = False,
+        sharded: bool = False,
     ) -> BatchOutcome:
         """Deliver a batch, resuming from the ledger; a complete batch sends nothing.
 
         ``stop`` set: take no new chunks, let those in flight finish, end incomplete.
         ``force`` (or the message's ``rerun``): read the source even if it changed since the
         batch was first read, and record its objects anew.
+        ``sharded`` (the daemon): a big batch is planned in shards and handed back
+        (``BatchOutcome.handoff``); a shard message runs its shard (``sender.shards``).
         Raises, before the batch starts, ``BatchBusy`` when another owner holds the batch,
-        ``MessageError`` if no route takes the dataset, ``LedgerError`` if the ledger cannot
-        be read. Once it started, every failure — expected or not — is recorded in the ledger
-        and returned as the outcome.
+        ``MessageError`` if no route takes the dataset (or a batch is sharded and not
+        ``sharded``), ``LedgerError`` if the ledger cannot be read. Once it started, every
+        failure — expected or not — is recorded in the ledger and returned as the outcome.
         """
+        stop = stop or asyncio.Event()
+        if message.shard is not None:
+            if not sharded:
+                raise MessageError(f"shard {message.shard}: shards are run by the daemon")
+            return await self.sharding.run_shard(message, stop)
+        if not sharded:
+            await self.sharding.refuse_whole(message)
         existing = await self.ledger.get_batch(message.batch_id)
         if existing is not None and existing.state is BatchState.COMPLETE:
             log.info("batch.already_complete", batch_id=message.batch_id)
@@ -164,11 +174,15 @@ class Engine:
             ):
                 raise BatchBusy(f"batch {batch_id} is being sent by {holder or 'another process'}")
         async with hold_lease(self.ledger, batch_id, self.owner, lease_s):
-            stop = stop or asyncio.Event()
-            return await self._run(message, route_names, stop, force or message.rerun)
+            return await self._run(message, route_names, stop, force or message.rerun, sharded)
 
     async def _run(
-        self, message: TriggerMessage, route_names: list[str], stop: asyncio.Event, force: bool
+        self,
+        message: TriggerMessage,
+        route_names: list[str],
+        stop: asyncio.Event,
+        force: bool,
+        sharded: bool,
     ) -> BatchOutcome:
         started = time.monotonic()
         batch_id = message.batch_id
@@ -186,11 +200,14 @@ class Engine:
                 routes=route_names,
                 resumed=record.runs > 1,
             )
-            await self._deliver_all(message, record, runs, stop, force)
+            handoff = await self._deliver_all(message, record, runs, stop, force, sharded)
+            if handoff is not None:
+                self.hooks.batch_finished(batch_id, "sharded", time.monotonic() - started)
+                return BatchOutcome(batch_id, message.dataset, record.state, {}, handoff=handoff)
             if stop.is_set() or any(run.unsettled for run in runs):
                 state = BatchState.INCOMPLETE
             else:
-                await self._finish_routes(message, runs)
+                await finish_routes(message, runs)
                 await commit_runs(message, runs)
         except (SourceError, BadRecordPolicyFailed) as exc:
             state, error = BatchState.FAILED, str(exc)
@@ -214,7 +231,7 @@ class Engine:
                 error=error,
                 exc_info=not isinstance(exc, SenderError),
             )
-        return await self._end(message, runs, state, error, started)
+        return await self.end(message, runs, state, error, started)
 
     async def _route_runs(self, batch_id: str, route_names: list[str]) -> list[RouteRun]:
         by_route: dict[str, dict[str, ChunkRecord]] = {}
@@ -238,7 +255,7 @@ class Engine:
             return describe_error(exc)
         return None
 
-    async def _end(
+    async def end(
         self,
         message: TriggerMessage,
         runs: list[RouteRun],
@@ -246,6 +263,8 @@ class Engine:
         error: str | None,
         started: float,
     ) -> BatchOutcome:
+        """Record how the batch ended (its reconciliation: the runs' stats), with its event;
+        the batch's one ``batch.finished`` line and hook."""
         batch_id = message.batch_id
         error = mask_optional(error)  # stored in the ledger and shown: no secret in it
         routes = {r.name: r.stats for r in runs}
@@ -287,7 +306,9 @@ class Engine:
         runs: list[RouteRun],
         stop: asyncio.Event,
         force: bool,
-    ) -> None:
+        sharded: bool,
+    ) -> tuple[TriggerMessage, ...] | None:
+        """Deliver the batch; or, sharded, plan it and hand back its shard messages."""
         source, listing = await list_source(self.config, self._source_for, message.uri)
         if not force and source_change(record.objects, listing.objects) is not None:
             raise SourceError(
@@ -297,12 +318,30 @@ class Engine:
             )
         if record.objects is None or force:
             await self.ledger.set_objects(message.batch_id, listing.objects)
+        if sharded:  # a big batch is planned and handed back in shards (sender.shards)
+            handoff = await self.sharding.plan(message, record, runs, listing.objects, force)
+            if handoff is not None:
+                return handoff
         fresh = functools.partial(RouteRun.of, self.config, targets=self.targets)
         limit = self.config.daemon.max_record_bytes
         await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects, limit)
+        await self.deliver_objects(message, source, listing.objects, runs, stop)
+        return None
+
+    async def deliver_objects(
+        self,
+        message: TriggerMessage,
+        source: Source,
+        objects: list[ObjectInfo],
+        runs: list[RouteRun],
+        stop: asyncio.Event,
+    ) -> None:
+        """Read ``objects`` once and drive the chunks ``runs`` cut of them to a terminal
+        state in the ledger (a whole batch's, or a shard's). Raises ``SourceError``,
+        ``DeadLetterUnavailable``, ``BadRecordPolicyFailed``."""
         in_flight = asyncio.Semaphore(_in_flight_limit(runs))
         try:
-            await self._pump(message, source, listing.objects, runs, stop, in_flight)
+            await self._pump(message, source, objects, runs, stop, in_flight)
         except BaseExceptionGroup as group:
             raise first_error(group, DeadLetterUnavailable, SourceError, SenderError) from None
 
@@ -408,37 +447,6 @@ class Engine:
     async def commit_diff(self, message: TriggerMessage, route: str) -> None:
         """After a replay: what the route has delivered by now enters its baseline."""
         await commit_route(self.config, self.ledger, message, route)
-
-    async def _finish_routes(self, message: TriggerMessage, runs: list[RouteRun]) -> None:
-        """Tell each destination that wants to know (a bucket drop) which chunks it holds."""
-        for run in runs:
-            # a split chunk is not held anywhere itself: its pieces are
-            data = [
-                c for c in run.previous.values() if c.kind == "data" and c.target != SPLIT_TARGET
-            ]
-            data.sort(key=lambda c: chunk_sort_key(c.chunk_id))
-            seen: set[str] = set()
-            for target in [*run.targets, run.dead_letter]:
-                finisher = target.destination
-                if not isinstance(finisher, BatchFinisher) or target.name in seen:
-                    continue
-                seen.add(target.name)
-                held = [c for c in data if c.target == target.name]
-                if not held:
-                    continue
-                summary = BatchSummary(
-                    message.batch_id,
-                    message.dataset,
-                    run.name,
-                    held,
-                    complete=len(held) == len(data),
-                )
-                try:
-                    await target.retry.call(functools.partial(finisher.finish_batch, summary))
-                except DeliveryError as exc:
-                    raise FinishFailed(
-                        f"route {run.name}: finishing the batch on {target.name} failed: {exc}"
-                    ) from exc
 
 
 def _in_flight_limit(runs: Sequence[RouteRun]) -> int:

@@ -54,6 +54,9 @@ class TriggerMessage(BaseModel):
     # failed batch whose input was fixed): the objects are listed and recorded anew, and the
     # chunks already delivered or dead-lettered are not sent again
     rerun: bool = False
+    # one shard of a sharded batch (``sender.shards``): set on the messages the daemon
+    # publishes for a batch's shards, never by a pipeline; None is the whole batch
+    shard: int | None = Field(default=None, ge=0)
 
     @field_validator("batch_id")
     @classmethod
@@ -72,7 +75,13 @@ class TriggerMessage(BaseModel):
         return value
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # a whole batch's message is as a pipeline writes it: no ``shard`` key
+        return orjson.dumps(
+            self.model_dump(mode="json", exclude=_WHOLE if self.shard is None else None)
+        )
+
+
+_WHOLE = {"shard"}
 
 
 def parse_trigger_message(body: bytes | str | Mapping[str, Any]) -> TriggerMessage:

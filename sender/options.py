@@ -220,6 +220,9 @@ class DaemonConfig(Options):
     # URI prefixes a trigger message may name (None: see ``AppConfig.uri_allowed``)
     allow_uris: list[str] | None = None
     lease_s: Duration = Field(60.0, alias="lease", gt=0)
+    # a batch of more objects than this is cut into shards of this many consecutive objects,
+    # each delivered by whichever replica is free (sender.shards); 0 sends every batch whole
+    shard_objects: int = Field(16, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # None: for people on a terminal, JSON elsewhere (--log-format overrides this)
     log_format: Literal["json", "console"] | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .log import get_logger
-from .model import BatchState
+from .model import BatchState, TriggerMessage
 from .ports import RouteStats
 
 __all__ = ["BatchOutcome"]
@@ -28,6 +28,11 @@ class BatchOutcome:
     duration_s: float = 0.0
     rejects_stored: int = 0  # bad records written to a dead-letter store
     fallbacks: int = 0
+    # a shard's run (``sender.shards``): its shard; None for a whole batch's
+    shard: int | None = None
+    # the batch was sharded (``sender.shards``): these shard messages are to be published,
+    # then the batch's own message acked; None for a batch that ran
+    handoff: tuple[TriggerMessage, ...] | None = None
 
     @property
     def totals(self) -> RouteStats:

@@ -105,13 +105,17 @@ class RouteRun:
     rejects_index: int = 0
     rejects_stored: int = 0
     fallbacks: int = 0
+    # the first chunk's (and rejects file's) index: a shard's base (``sender.shards``)
+    base: int = 0
 
     def __post_init__(self) -> None:
         if self.config.fields:
             self.projection = Projection(self.config.fields)
         if self.config.types:
             self.caster = Caster(self.config.types)
-        self.chunker = Chunker(self.config.chunk.records, self.config.chunk.bytes)
+        chunk = self.config.chunk
+        self.chunker = Chunker(chunk.records, chunk.bytes, first_index=self.base)
+        self.rejects_index = self.base
 
     @classmethod
     def of(
@@ -120,8 +124,11 @@ class RouteRun:
         name: str,
         targets: dict[str, Target],
         previous: dict[str, ChunkRecord] | None = None,
+        *,
+        base: int = 0,
     ) -> RouteRun:
-        """The run of route ``name`` with its targets and dead-letter store."""
+        """The run of route ``name`` with its targets and dead-letter store; its chunks are
+        numbered from ``base`` (a shard's, else 0)."""
         route = config.routes[name]
         return cls(
             name,
@@ -129,6 +136,7 @@ class RouteRun:
             [targets[t] for t in route.targets],
             targets[route.dead_letter or config.dead_letter_default],
             previous if previous is not None else {},
+            base=base,
         )
 
     @property

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from .ports import BatchRecord, ChunkRecord
+from .ports import BatchRecord, ChunkRecord, ShardRecord
+from .shard_ports import shard_of
 
-__all__ = ["batch_json", "chunk_json", "duration_s"]
+__all__ = ["batch_json", "chunk_json", "duration_s", "shard_json", "shard_progress"]
 
 
 def _time(value: datetime | None) -> str | None:
@@ -71,3 +72,40 @@ def batch_json(
         out["chunks"] = [chunk_json(c) for c in chunks]
     out.update(extra)
     return out
+
+
+def shard_progress(shard: ShardRecord, chunks: Sequence[ChunkRecord]) -> dict[str, int]:
+    """What the ledger has of the shard's chunks so far: ``chunks`` known, ``settled`` of
+    them (delivered, dead-lettered, skipped) and the records ``delivered``."""
+    mine = [c for c in chunks if shard_of(c.chunk_id) == shard.shard and c.target != "(split)"]
+    return {
+        "chunks": len(mine),
+        "settled": sum(c.state.terminal for c in mine),
+        "delivered": sum(
+            c.records for c in mine if c.state.value == "delivered" and c.kind == "data"
+        ),
+    }
+
+
+def shard_json(
+    shard: ShardRecord, chunks: Sequence[ChunkRecord], now: datetime | None = None
+) -> dict[str, Any]:
+    """One shard for ``sender status --json`` and ``GET /v1/batches/{id}``: its objects, its
+    state, who holds it now (``owner``, None when its lease is free or ran out), progress."""
+    live = shard.owner is not None and (
+        now is None or shard.lease_expires is None or shard.lease_expires > now
+    )
+    return {
+        "shard": shard.shard,
+        "first_object": shard.first_object,
+        "objects": shard.objects,
+        "state": shard.state,
+        "owner": shard.owner if live else None,
+        "lease_expires": _time(shard.lease_expires) if live else None,
+        "runs": shard.runs,
+        "started_at": _time(shard.started_at),
+        "finished_at": _time(shard.finished_at),
+        "error": shard.error,
+        "progress": shard_progress(shard, chunks),
+        "routes": {name: stats.to_dict() for name, stats in shard.routes.items()},
+    }

@@ -19,7 +19,7 @@ from .metrics import Metrics
 from .model import TriggerMessage
 from .ports import Envelope
 
-__all__ = ["RunningBatch", "Settlement", "Settlements", "Verb"]
+__all__ = ["RunningBatch", "Settlement", "Settlements", "Verb", "run_key"]
 
 log = get_logger("sender.daemon")
 
@@ -38,12 +38,23 @@ class Settlement:
     ok: bool  # False when the broker refused it (it redelivers the message then)
 
 
+def run_key(message: TriggerMessage) -> str:
+    """What runs once at a time here: a batch, or one shard of it (``sender.shards``): the
+    shards of a batch run side by side, copies of one message wait for the first."""
+    return message.batch_id if message.shard is None else f"{message.batch_id}/{message.shard}"
+
+
 @dataclass(eq=False)
 class RunningBatch:
-    """A batch running here, with every copy of its trigger message taken meanwhile."""
+    """A batch (or a shard) running here, with every copy of its trigger message taken
+    meanwhile."""
 
     message: TriggerMessage
     envelopes: list[Envelope] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return run_key(self.message)
 
 
 class Settlements:

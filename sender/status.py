@@ -16,9 +16,9 @@ from rich.text import Text
 from . import render
 from .engine import SPLIT_TARGET
 from .model import BatchState, ChunkState
-from .ports import BatchRecord, ChunkRecord, RouteStats
+from .ports import BatchRecord, ChunkRecord, RouteStats, ShardRecord
 from .replay_views import replay_history
-from .serialize import duration_s
+from .serialize import duration_s, shard_progress
 from .units import format_size, parse_duration
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "chunk_table",
     "outcome_table",
     "run_duration",
+    "shard_table",
     "target_usage",
 ]
 
@@ -136,6 +137,29 @@ def batch_table(
         "prim+fb: chunks delivered by the route's primary + by a fallback target", style="dim"
     )
     return Group(table, legend)
+
+
+def shard_table(
+    shards: Sequence[ShardRecord], chunks: Sequence[ChunkRecord], now: datetime
+) -> Table:
+    """A sharded batch's shards: objects, state, who holds each now, progress, runs."""
+    table = Table(title=f"shards ({len(shards)})", title_justify="left", box=None)
+    for column in ("shard", "objects", "state", "owner", "chunks settled", "delivered", "runs"):
+        table.add_column(column, justify="right" if column != "owner" else "left")
+    for shard in shards:
+        live = shard.owner and (shard.lease_expires is None or shard.lease_expires > now)
+        progress = shard_progress(shard, chunks)
+        state = shard.state if not live or shard.state != "pending" else "running"
+        table.add_row(
+            str(shard.shard),
+            f"{shard.first_object}-{shard.first_object + shard.objects - 1}",
+            state,
+            shard.owner if live else "",
+            f"{progress['settled']}/{progress['chunks']}",
+            f"{progress['delivered']:,}",
+            str(shard.runs),
+        )
+    return table
 
 
 def chunk_table(chunks: Sequence[ChunkRecord], *, route_column: bool = False) -> Table:
@@ -254,6 +278,7 @@ def batch_detail(
     purged: Collection[str] = frozenset(),
     preview: Mapping[str, Any] | None = None,
     all_chunks: bool = False,
+    shards: Sequence[ShardRecord] = (),
 ) -> RenderableType:
     """A batch for on-call: state, source, lease, targets, per route its reconciliation and
     chunks (those ``only`` picks, when given; only the noteworthy ones of a big batch unless
@@ -283,6 +308,8 @@ def batch_detail(
     )
     if record.error:
         lines.append(Text(f"error: {record.error}", style="red"))
+    if shards:
+        lines.append(shard_table(shards, chunks, now))
     usage = target_usage(chunks, primaries)
     held = []
     for name, count in usage["targets"].items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_INCOMPLETE, EXIT_OK, UsageError
@@ -36,7 +37,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     from ..outbox import describe_pending, pending_json
     from ..ports import replays_of
     from ..replay import dead_letter_files, replay_preview
-    from ..serialize import batch_json
+    from ..serialize import batch_json, shard_json
+    from ..shard_ports import shards_of
     from ..status import batch_detail, batch_filters, batch_table, run_duration, target_usage
 
     out, err = console.out, console.err
@@ -52,6 +54,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 )
                 return EXIT_INCOMPLETE
             chunks = await ledger.chunks(args.batch_id)
+            shards = await shards_of(ledger, args.batch_id)
             replays = await replays_of(ledger, args.batch_id)
             kept = dead_letter_files(replays)
             purged = await _purged(config, kept) if kept else set()
@@ -79,6 +82,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                         },
                         replay_would_send=preview,
                         replays=replays,
+                        shards=[shard_json(s, chunks, datetime.now(UTC)) for s in shards],
                     )
                 )
             else:
@@ -92,6 +96,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                         purged=purged,
                         preview=preview,
                         all_chunks=args.all_chunks,
+                        shards=shards,
                     )
                 )
             return EXIT_OK
