@@ -45,6 +45,7 @@ max_batches = 2
 shutdown_grace = "10s"
 lease = "{lease}s"
 allow_uris = ["{lake}/"]  # the replicas share one lake, beside their folders
+{daemon_extra}
 
 [trigger]
 type = "amqp"
@@ -62,6 +63,11 @@ retry = {{ attempts = 3, initial = "10ms", max = "50ms", budget = "5s" }}
 [destinations.dead]
 type = "local"
 path = "dead"
+
+[destinations.events]
+type = "http"
+url = "{receiver}/events"
+retry = {{ attempts = 3, initial = "10ms", max = "50ms", budget = "5s" }}
 
 [routes.churn]
 datasets = ["churn"]
@@ -93,7 +99,10 @@ async def _require_rabbitmq() -> None:
     await connection.close()
 
 
-def replica_config(folder: Path, *, ledger: str, queue: str, receiver: Receiver) -> Path:
+def replica_config(
+    folder: Path, *, ledger: str, queue: str, receiver: Receiver, daemon_extra: str = ""
+) -> Path:
+    """``folder/sender.toml`` of one replica; ``daemon_extra``: more ``[daemon]`` lines."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sender.toml"
     path.write_text(
@@ -105,6 +114,7 @@ def replica_config(folder: Path, *, ledger: str, queue: str, receiver: Receiver)
             queue=queue,
             receiver=receiver.url,
             lake=folder.parent / "lake",
+            daemon_extra=daemon_extra,
         )
     )
     return path
