@@ -137,6 +137,8 @@ class Sharding:
             if not plan and any(run.previous for run in runs):
                 return None  # begun whole (before sharding was on): it ends whole
             sizes = shard_sizes(len(objects), self.engine.config.daemon.shard_objects)
+            if not sizes and plan:  # a rerun of a sharded batch that shrank: one shard
+                sizes = [len(objects)]
             if not sizes:
                 return None
             plan = await store.plan_shards(message.batch_id, sizes, replace=force)
@@ -290,6 +292,7 @@ class Sharding:
             plan = await store.shards(batch_id)
             for run in whole:
                 run.stats = _summed(plan, [run.name])[run.name]
+            self.engine.hooks.batch_started(batch_id, message.dataset, route_names)
             await self.engine.end(
                 message, whole, BatchState.FAILED, f"shard {index}: {error}", started
             )
@@ -336,6 +339,8 @@ class Sharding:
             runs = self._whole_runs(route_names, await self._ledger.chunks(batch_id))
             for run in runs:
                 run.stats = _summed(plan, [run.name])[run.name]
+            # the batch's end counts once in the metrics, on the replica that ends it
+            self.engine.hooks.batch_started(batch_id, message.dataset, route_names)
             try:
                 await finish_routes(message, runs)
             except FinishFailed as exc:

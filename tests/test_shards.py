@@ -208,3 +208,33 @@ async def test_status_shows_the_shards_their_owners_and_progress(
     assert "shards (2)" in out
     row = next(line for line in out.splitlines() if "host-b:7:1.abc" in line)
     assert "running" in row and "1/1" in row
+
+
+async def test_a_shard_that_fails_fails_the_batch_once_and_its_message_is_rejected(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await spool_daemon_config(tmp_path, receiver, max_batches=1)
+    text = config.read_text().replace(
+        'dead_letter = "dead"', 'dead_letter = "dead"\non_bad_record = "fail"'
+    )
+    config.write_text(text)
+    message = churn_batch(tmp_path, "b-bad", records=200, parts=40)
+    # a bad line in shard 2 (objects 32 to 39)
+    with (tmp_path / "lake" / "b-bad" / "part-00035-c000.json").open("ab") as part:
+        part.write(b"not json\n")
+    with watch_logs() as logs:
+        async with running_daemon(config) as daemon:
+            await daemon.accept(message)
+            async with asyncio.timeout(60):
+                settled = await daemon.wait_settled(4)
+
+    verbs = {s.message_id: s.verb for s in settled}
+    assert len(verbs) == 4 and "reject" in verbs.values()
+    finished = [e for e in logs.events if e["event"] == "batch.finished"]
+    assert [e["state"] for e in finished] == ["failed"]
+    assert finished[0]["error"].startswith("shard 2: bad record at ")
+    async with SqliteLedger(tmp_path / "daemon" / "ledger.db") as ledger:
+        record = await ledger.get_batch("b-bad")
+        plan = await ledger.shards("b-bad")
+    assert record is not None and record.state is BatchState.FAILED
+    assert plan[2].state == "failed" and "part-00035" in (plan[2].error or "")
