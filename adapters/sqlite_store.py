@@ -5,7 +5,8 @@ never waits on the disk, and the one thread serializes access to the one connect
 "database is locked" between our own tasks). ``_call(fn, write=)`` runs ``fn(conn)`` as one
 transaction; writes take ``BEGIN IMMEDIATE`` so a second process (``sender replay`` next to
 the daemon) waits up to ``busy_timeout`` instead of failing half-way. The schema is migrated
-at open from the subclass's ``migrations``, its version kept in ``PRAGMA user_version``.
+at open from the subclass's ``migrations``, its version kept in ``PRAGMA user_version``; a
+file's identity is checked against its marker (``sqlite_identity``) before it is used.
 
 Every ``sqlite3`` or filesystem error leaves as ``LedgerError`` with the original as its
 cause; a call after ``aclose()`` raises ``AdapterClosed``.
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 from sender.errors import AdapterClosed, LedgerError
 from sender.ports import Resource
 from sender_adapters._sql import Migration, check_version
+from sender_adapters.sqlite_identity import check_marker, claim_identity
 
 __all__ = ["SqliteStore", "dt", "ts", "utcnow"]
 
@@ -124,6 +126,7 @@ class SqliteStore(Resource):
                 raise LedgerError(
                     f"cannot create the folder of ledger {self.path}: {exc.strerror or exc}"
                 ) from exc
+            check_marker(self.path)  # a ledger lost while we were down is not a first start
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         except sqlite3.Error as exc:
@@ -138,6 +141,12 @@ class SqliteStore(Resource):
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
             if self.path != ":memory:":
+                try:
+                    claim_identity(conn, self.path, self._now())
+                except OSError as exc:
+                    raise LedgerError(
+                        f"cannot write the marker of ledger {self.path}: {exc.strerror or exc}"
+                    ) from exc
                 info = os.stat(self.path)
                 self._identity = (info.st_dev, info.st_ino)
         except sqlite3.Error as exc:

@@ -11,6 +11,8 @@ Every error the core raises or expects from an adapter derives from ``SenderErro
     │   │                           file, an object changed while it was read
     │   └── BadRecordPolicyFailed   ``on_bad_record = "fail"`` met a bad record
     ├── LedgerError                 the ledger cannot be read or written
+    │   └── LedgerLost              the ledger file is gone or replaced although its marker
+    │                               says it was in use: refused at open (exit code 2)
     ├── TriggerError                the trigger (queue, spool, broker) cannot be reached
     ├── AdapterClosed               an adapter was used after ``aclose()``
     ├── BatchBusy                   another process holds the batch's lease
@@ -53,6 +55,7 @@ __all__ = [
     "DeliveryError",
     "FinishFailed",
     "LedgerError",
+    "LedgerLost",
     "MessageError",
     "PermanentError",
     "ReplayRefused",
@@ -119,6 +122,14 @@ class BadRecordPolicyFailed(SourceError):
 
 class LedgerError(SenderError):
     """The ledger cannot be reached, read or written."""
+
+
+class LedgerLost(LedgerError):
+    """The ledger is not the one the daemon used (its file vanished or was replaced while
+    the daemon was down): opening an empty ledger would send recorded batches again, so it
+    is refused until the file is restored or a fresh start is chosen on purpose."""
+
+    exit_code = EXIT_USAGE
 
 
 class TriggerError(SenderError):

@@ -628,7 +628,9 @@ async def test_a_replay_from_scratch_overwrites_the_same_objects(
     await send(config, message(uri))
     before = {key: bucket.get(key) for key in bucket.keys("churn/")}
 
-    (tmp_path / "ledger.db").unlink()  # the ledger is lost: everything is sent again
+    # the ledger is dropped on purpose (its marker too): everything is sent again
+    (tmp_path / "ledger.db").unlink()
+    (tmp_path / "ledger.db.id").unlink()
     again = await send(config, message(uri))
 
     assert again.ok and not again.already_complete
