@@ -7,7 +7,7 @@ import asyncio
 import csv
 import io
 import zlib
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import orjson
@@ -75,13 +75,18 @@ def _csv_blocks(
     # (at its real line), not the whole file (strict decoding fails a read-ahead early)
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     delimiter = "\t" if obj.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-    rows = csv.reader(text, delimiter=delimiter)
+    # the text lines the parser took since the block began: a bad row is stored as the
+    # lines it was parsed from (quotes, spacing, line breaks as written), not re-joined
+    taken: list[str] = []
+    rows = csv.reader(_recorded(text, taken), delimiter=delimiter)
     try:
         try:
             header = next(rows)
         except StopIteration:
             return
         width = len(header)
+        taken.clear()
+        start = 0  # where the next row begins in ``taken``
         # rows leave as one Lines buffer per block: an object per row, kept until its chunk
         # is sent, would pin whole arenas of the parser's short-lived objects in memory
         lines: list[bytes] = []
@@ -89,21 +94,25 @@ def _csv_blocks(
         bad: list[BadRecord] = []
         dumps = orjson.dumps
         for row in rows:
+            begin, start = start, len(taken)  # this row is taken[begin:start]
             if len(row) == width:
                 try:
                     lines.append(dumps(dict(zip(header, row, strict=True))))
                 except orjson.JSONEncodeError:  # a surrogate: the row had a non-UTF-8 byte
-                    raw = delimiter.join(row).encode("utf-8", "surrogateescape")
+                    raw = _raw_row(taken[begin:start])
                     bad.append(BadRecord(raw, "not valid UTF-8", f"{obj.name}:{rows.line_num}"))
                     continue
                 numbers.append(rows.line_num)
             elif row:  # blank lines are not records
-                raw = delimiter.join(row).encode("utf-8", "surrogateescape")
                 reason = f"{len(row)} columns, header has {width}"
-                bad.append(BadRecord(raw, reason, f"{obj.name}:{rows.line_num}"))
+                bad.append(
+                    BadRecord(_raw_row(taken[begin:start]), reason, f"{obj.name}:{rows.line_num}")
+                )
             if len(lines) + len(bad) >= _CSV_ROWS_PER_BLOCK:
                 yield _csv_block(obj, lines, bad, numbers)
                 lines, bad, numbers = [], [], []
+                taken.clear()
+                start = 0
         if lines or bad:
             yield _csv_block(obj, lines, bad, numbers)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -112,6 +121,22 @@ def _csv_blocks(
         raise SourceError(f"{obj.uri}: corrupt or truncated file: {exc}") from exc
     finally:
         text.close()
+
+
+def _recorded(text: Iterable[str], taken: list[str]) -> Iterator[str]:
+    """``text``'s lines, each also appended to ``taken`` (the parser asks for a line only
+    when the row it parses needs one, so a row's own lines are those taken while it was
+    parsed)."""
+    for line in text:
+        taken.append(line)
+        yield line
+
+
+def _raw_row(lines: list[str]) -> bytes:
+    """A row's bytes as they were in the file, without the line break that ends it."""
+    raw = "".join(lines)
+    raw = raw[:-2] if raw.endswith("\r\n") else raw.removesuffix("\n").removesuffix("\r")
+    return raw.encode("utf-8", "surrogateescape")
 
 
 def _csv_block(

@@ -381,6 +381,23 @@ async def test_csv_rows_become_records_keyed_by_the_header(
     assert bad[0].raw == b"3,too,many,columns"
 
 
+async def test_ragged_csv_rows_are_kept_as_the_bytes_they_were_written_as(
+    tmp_path: Path,
+) -> None:
+    written = [
+        b'5,"a, b" ,x,"y"',  # quotes and spacing a re-join would lose
+        b'"6";short',  # fewer fields: one, quoted
+        b'7,"two\r\nlines",,',  # a quoted line break, empty fields
+        b"8,caf\xe9,x,y",  # not UTF-8 either
+    ]
+    file = tmp_path / "part-00000.csv"
+    file.write_bytes(b"id,comment,score\r\n1,ok,0.5\r\n" + b"\r\n".join(written) + b"\r\n")
+    records, bad = await read_all(local_source(), file)
+    assert records == [{"id": "1", "comment": "ok", "score": "0.5"}]
+    assert [b.raw for b in bad] == written
+    assert [b.location for b in bad] == [f"{file.name}:{n}" for n in (3, 4, 6, 7)]
+
+
 async def test_large_csv_comes_through_in_order_across_blocks(tmp_path: Path) -> None:
     rows = [f'{i},"text {i}\nsecond line",{i / 7}' for i in range(10_000)]
     file = tmp_path / "part-00000.csv"

@@ -175,6 +175,24 @@ async def test_a_csv_cell_that_does_not_cast_is_a_bad_record_at_its_line_and_fie
     ]
 
 
+async def test_a_ragged_csv_row_is_stored_raw_in_the_rejects(
+    write_config: Callable[[str], AppConfig], receiver: Receiver, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ragged"
+    folder.mkdir()
+    ragged = '2,"quoted, with a comma" , extra'
+    (folder / "part-00000.csv").write_text(f"id,score\n1,0.5\n{ragged}\n3,0.25\n")
+    (folder / "_SUCCESS").write_bytes(b"")
+    outcome = await _send(write_config(_config(receiver.url)), folder, "csv")
+    assert [json.loads(line)["id"] for line in _received(receiver)] == ["1", "3"]
+    assert outcome.totals.rejected == 1
+    (rejects,) = (tmp_path / "dead").rglob("rejects-*.ndjson")
+    (stored,) = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert stored["location"] == "part-00000.csv:3"
+    assert stored["reason"] == "3 columns, header has 2"
+    assert stored["raw"] == ragged  # as written, not re-joined from the parsed fields
+
+
 def test_types_must_name_a_known_type(write_config: Callable[[str], AppConfig]) -> None:
     from sender.errors import ConfigError
 
