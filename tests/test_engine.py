@@ -360,6 +360,32 @@ async def test_bad_records_follow_the_route_policy(
         assert bad[0]["raw"] == "this is not json"
 
 
+async def test_bad_records_on_the_fields_path_are_stored_raw_at_their_file_and_line(
+    tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    batch = write_batch(tmp_path / "batch", 300, parts=2)
+    part = sorted(batch.glob("part-*"))[1]
+    lines = part.read_bytes().splitlines(keepends=True)
+    lines[10] = b"this is not json\n"
+    lines[20] = b"[1, 2]\n"
+    part.write_bytes(b"".join(lines))
+    fields = 'fields = { customer_id = "id", churn_score = "score" }'
+    config = write_config(config_text(receiver.url + "/scores", extra_route=fields))
+
+    outcome = await send(config, message(batch))
+
+    stats = outcome.routes["churn"]
+    assert outcome.state is BatchState.COMPLETE
+    assert (stats.read, stats.delivered, stats.rejected) == (300, 298, 2)
+    (rejects,) = (tmp_path / "dead").rglob("rejects-*.ndjson")
+    bad = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert [(b["location"], b["raw"]) for b in bad] == [
+        (f"{part.name}:11", "this is not json"),
+        (f"{part.name}:21", "[1, 2]"),
+    ]
+    assert all(b["reason"] for b in bad)
+
+
 async def test_a_missing_success_marker_fails_the_batch_with_a_clear_error(
     tmp_path: Path, receiver: Receiver, write_config: Callable[[str], AppConfig]
 ) -> None:

@@ -3,9 +3,12 @@ stopped mid-batch. What every trigger does is in test_contract_trigger.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+import aiohttp
+import orjson
 from structlog.testing import capture_logs
 
 from sender.config import load_config
@@ -13,7 +16,14 @@ from sender.daemon import open_trigger
 from sender.model import TriggerMessage
 from sender.testing.receiver import Receiver
 from sender_adapters.spool import SpoolTrigger
-from tests.brokers import DaemonProcess, churn_batch, sigterm_mid_batch_then_resume, take_one
+from tests.brokers import (
+    DaemonProcess,
+    churn_batch,
+    free_port,
+    sigterm_mid_batch_then_resume,
+    take_one,
+    write_daemon_config,
+)
 
 SPOOL = 'type = "spool"\npath = "queue"\npoll_s = "50ms"'
 
@@ -127,3 +137,37 @@ async def test_a_message_over_1_mib_is_rejected_unread_with_its_reason(tmp_path:
     reason = (queue / "rejected" / "0-huge.json.reason.txt").read_text()
     assert reason == "larger than 1024 KiB: not a trigger message\n"
     assert names(queue / "done") == [envelope.message_id]
+
+
+async def test_a_daemon_with_a_fifo_and_a_poison_id_in_its_spool_stays_ready_and_stops_on_sigterm(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    config = write_daemon_config(tmp_path, receiver=receiver.url, trigger=SPOOL, listen=listen)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    os.mkfifo(queue / "0-fifo.json")
+    good = churn_batch(tmp_path, "b-1")
+    poison = good.model_dump(mode="json") | {"batch_id": "é" * 150}  # 300 bytes in UTF-8
+    (queue / "1-poison.json").write_bytes(orjson.dumps(poison))
+    (queue / "2-good.json").write_bytes(orjson.dumps(good.model_dump(mode="json")))
+
+    daemon = await DaemonProcess(config).start()
+    try:
+        async with asyncio.timeout(60):
+            await daemon.wait_for_event("batch.finished", batch_id="b-1", state="complete")
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{listen}/readyz") as answer,
+            ):
+                assert answer.status == 200, await answer.text()
+        code, _ = await daemon.stop(within_s=30)
+    finally:
+        await daemon.kill()
+
+    assert code == 0
+    assert len(receiver.unique_records()) == 10
+    assert names(queue / "rejected") == ["1-poison.json"]
+    reason = (queue / "rejected" / "1-poison.json.reason.txt").read_text()
+    assert "300 bytes in UTF-8, more than the 200" in reason
+    assert (queue / "0-fifo.json").exists()  # left where it is, never opened
