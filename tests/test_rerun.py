@@ -4,6 +4,7 @@ the failure are not sent again, and the reconciliation counts every record."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sender.model import BatchState, TriggerMessage
 from sender.retry import set_testing
 from sender.testing.receiver import Receiver
 from tests.batches import write_batch
+from tests.brokers import DaemonProcess, churn_batch, write_daemon_config
 from tests.test_cli import sender as cli
 
 
@@ -151,3 +153,41 @@ async def test_replay_all_force_covers_the_chunks_the_failed_run_never_cut(
     resent = [r["id"] for r in receiver.records()]
     assert len(resent) == 300 + len(first)  # --all: the first run's chunks went again too
     await assert_complete_with_every_record(path)
+
+
+async def test_a_trigger_message_with_rerun_true_finishes_the_batch_in_a_running_daemon(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_daemon_config(
+        tmp_path, receiver=receiver.url, trigger='type = "spool"\npath = "queue"\npoll_s = "50ms"'
+    )
+    with config.open("a") as file:  # the last table is [routes.churn]
+        file.write('on_bad_record = "fail"\n')
+    message = churn_batch(tmp_path, "b-1")  # two parts of 5 records, one chunk each
+    last = sorted((tmp_path / "lake" / "b-1").glob("part-*"))[-1]
+    good = last.read_bytes()
+    lines = good.splitlines(keepends=True)
+    last.write_bytes(b"".join(lines[:2]) + b"{corrupt\n" + b"".join(lines[2:]))
+    queue = tmp_path / "queue"
+    queue.mkdir()
+
+    def publish(name: str, **fields: object) -> None:
+        body = message.model_dump(mode="json") | fields
+        (queue / f"{name}.json").write_bytes(orjson.dumps(body))
+
+    daemon = await DaemonProcess(config).start()
+    try:
+        async with asyncio.timeout(60):
+            publish("1-first")
+            await daemon.wait_for_event("batch.finished", batch_id="b-1", state="failed")
+            last.write_bytes(good)  # the input is fixed
+            publish("2-rerun", rerun=True)
+            done = await daemon.wait_for_event("batch.finished", batch_id="b-1", state="complete")
+        code, _ = await daemon.stop(within_s=30)
+    finally:
+        await daemon.kill()
+
+    assert code == 0
+    assert (done["read"], done["delivered"], done["reconciled"]) == (10, 10, True)
+    assert len(receiver.unique_records()) == 10
+    assert len(receiver.records()) == 10  # the chunk of the first run was not sent again
