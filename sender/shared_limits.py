@@ -62,7 +62,7 @@ LEASE_S = 0.2  # seconds' worth of tokens one grant carries: a round trip per 0.
 POLL_S = 0.5  # how often a replica reads pauses and circuits (and says it is alive)
 LIVE_S = 3.0  # a replica not seen for this long no longer counts for the fallback share
 CALL_TIMEOUT_S = 1.0  # a ledger slower than this is as good as lost, for limits
-LATE_S = 0.02  # a request woken this much after its slot takes a new one
+LATE_S = 0.02  # a request woken this much after its slot (at most its own span) takes another
 _SAME_S = 0.25  # a deadline read back within this of one we know is that one (clock skew)
 
 
@@ -247,10 +247,11 @@ class SharedDestination:
         if self.bucket is None:
             return
         share = self.bucket.go_local(self.client.replicas)
+        unit = " records" if share.unit == "records" else ""
         log.warning(
             "ratelimit.local_share",
             target=self.name,
-            share=str(share),
+            share=f"{share.per_second:.3g}{unit}/s",
             replicas=self.client.replicas,
             error=self.client.error,
         )
@@ -325,11 +326,13 @@ class SharedBucket:
         """Wait for ``cost`` tokens; the seconds waited."""
         clock = self.client.clock
         waited = 0.0
+        # woken later than this, the request would be sending on another request's tokens
+        late_s = min(LATE_S, cost / self.per_second)
         while True:
             at = await self.reserve(cost)
             delay = at - clock()
             if delay > 0:
                 await self.client.sleep(delay)
                 waited += delay
-            if self.local is not None or clock() - at <= LATE_S:
+            if self.local is not None or clock() - at <= late_s:
                 return waited

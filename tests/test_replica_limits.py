@@ -244,7 +244,7 @@ async def test_a_replica_that_loses_the_ledger_keeps_to_its_share_then_comes_bac
                                 await api.rate_limiter.acquire()
                         assert api.stats()["limits"] == "local_share"
                         (line,) = logs.find("ratelimit.local_share", target="api")
-                        assert (line["share"], line["replicas"]) == ("10/1s", 3)
+                        assert (line["share"], line["replicas"]) == ("10/s", 3)
                         assert shared.bucket.local is not None
                         assert shared.bucket.local.rate == pytest.approx(10.0)
                         with pytest.raises(LedgerError):
