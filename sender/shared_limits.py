@@ -7,8 +7,9 @@ What is shared, per destination name:
 - the **rate limit** (``rate_limit``): one GCRA in the ledger. A replica does not ask per
   request: it takes a *lease* of tokens, ``LEASE_S`` seconds' worth (at least one request's
   cost), which is its own slice of the destination's timeline, and spends it paced from the
-  slice's start. Slices of different replicas never overlap, so every window of a second or
-  more sees at most the limit (plus one request at its edge), from the first request on. A
+  slice's start, 5% under the limit (``HEADROOM``). Slices of different replicas never
+  overlap, so every window of a second or more sees at most that (plus one request at its
+  edge, and the jitter of the replicas' clocks and sends), from the first request on. A
   request that cannot be sent within its slice (its replica woke up late) takes a later one
   rather than spill into another replica's;
 - a receiver's **pause** (``Retry-After``, ``RateLimit-Reset``): written to the ledger when one
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALL_TIMEOUT_S",
+    "HEADROOM",
     "LEASE_S",
     "LIVE_S",
     "POLL_S",
@@ -63,6 +65,12 @@ POLL_S = 0.5  # how often a replica reads pauses and circuits (and says it is al
 LIVE_S = 3.0  # a replica not seen for this long no longer counts for the fallback share
 CALL_TIMEOUT_S = 1.0  # a ledger slower than this is as good as lost, for limits
 LATE_S = 0.02  # a request woken this much after its slot (at most its own span) takes another
+# The shared limit is paced this much under the configured one. Slices never overlap in
+# the ledger's time, but each replica places its slices on its own clock (late by up to a
+# round trip) and wakes up and sends a little late under load: the receiver sees arrivals
+# bunched by that much. The +10% a window may see is meant for that; pacing at the limit
+# itself would spend half of it on the request at a window's edge.
+HEADROOM = 0.05
 _SAME_S = 0.25  # a deadline read back within this of one we know is that one (clock skew)
 
 
@@ -271,7 +279,9 @@ class SharedBucket:
     def __init__(self, shared: SharedDestination, rate: Rate) -> None:
         self.shared = shared
         self.rate = rate
-        self.per_second = rate.per_second
+        # paced HEADROOM under the limit: room for the jitter of the replicas' wake-ups and of
+        # the network, which the receiver counts too (see HEADROOM)
+        self.per_second = rate.per_second * (1 - HEADROOM)
         self.client = shared.client
         self._lock = asyncio.Lock()  # one grant at a time; callers served in arrival order
         self._end = -math.inf  # (local clock) the end of the current lease's slice
@@ -309,14 +319,17 @@ class SharedBucket:
         span = cost / self.per_second
         at = max(self._cursor, clock())
         if at + span > self._end + 1e-9:  # not in this lease: take the next one
-            tokens = max(cost, self.per_second * LEASE_S)
+            # whole requests of this cost: a fraction of one left at a lease's end is wasted
+            tokens = cost * max(1, math.ceil(self.per_second * LEASE_S / cost - 1e-9))
             grant = await self.client.call(
                 self.client.ledger.take_tokens(self.shared.name, self.per_second, tokens)
             )
             self.grants += 1
-            # the reply's time, not the request's: a slice placed late, never early
+            # the reply's time, not the request's: a slice placed late, never early; and never
+            # before this replica's last request, whose slice was placed late too (by up to a
+            # round trip): the ledger may see that one over while here it has yet to go
             arrived = clock()
-            at = arrived + grant.start_in_s
+            at = max(arrived + grant.start_in_s, self._cursor)
             self._end = at + tokens / self.per_second
             self.shared.apply(grant.limits, arrived)
         self._cursor = at + span

@@ -14,7 +14,7 @@ import pytest
 
 from sender.circuit import CircuitState
 from sender.errors import RetryableError
-from sender.shared_limits import SharedBucket, SharedLimitsClient
+from sender.shared_limits import HEADROOM, SharedBucket, SharedLimitsClient
 from sender.targets import Target
 from sender_adapters.memory import MemoryDestination, MemoryLedger
 from tests.brokers import watch_logs
@@ -101,11 +101,11 @@ async def test_a_destination_limited_per_record_grants_a_chunk_at_least(
     shared = client(ledger, clock, "a").attach(target(clock, rate_limit="1000 records/s"))
     assert shared.bucket is not None
 
-    # a chunk of 500 records is more than a lease (200 records): it gets a slice of its own
+    # a chunk of 500 records is more than a lease (0.2 s: 190 records): a slice of its own
     first = await shared.bucket.reserve(500.0)
     second = await shared.bucket.reserve(500.0)
     assert first == pytest.approx(clock.now)
-    assert second == pytest.approx(clock.now + 0.5)
+    assert second == pytest.approx(clock.now + 500 / (1000 * (1 - HEADROOM)))
 
 
 async def test_a_request_that_wakes_too_late_takes_a_later_slot(
@@ -115,17 +115,40 @@ async def test_a_request_that_wakes_too_late_takes_a_later_slot(
     assert shared.bucket is not None
     other = client(ledger, clock, "b").attach(target(clock, rate_limit="10/s"))
     assert other.bucket is not None
-    await shared.bucket.reserve(1.0)  # a's slice: the next 0.2 s
+    await shared.bucket.reserve(1.0)  # a's slice: two requests, the next 0.21 s
     due = await other.bucket.reserve(1.0)  # b's slice after it
-    assert due == pytest.approx(clock.now + 0.2)
+    assert due == pytest.approx(clock.now + 2 / (10 * (1 - HEADROOM)))
 
     async def oversleep(seconds: float) -> None:  # an event loop that lags 0.5 s
         clock.now += seconds + 0.5
 
     other.client.sleep = oversleep
     await other.bucket.acquire(1.0)
-    # woken at 0.7 s, far past its slot: it did not send in a slot that was not its own
+    # woken half a second past its slot: it did not send in a slot that was not its own
     assert other.bucket.grants == 2
+
+
+async def test_a_replicas_own_requests_keep_their_pace_though_its_round_trips_vary(
+    ledger: MemoryLedger, clock: FakeClock
+) -> None:
+    round_trips = iter([0.05, 0.0])
+
+    class Slow(SharedLimitsClient):  # a ledger that answers late, then at once
+        async def call(self, awaitable: Any) -> Any:
+            answer = await awaitable
+            clock.now += next(round_trips)
+            return answer
+
+    shared = Slow(ledger, "a", clock=clock, sleep=clock.sleep).attach(
+        target(clock, rate_limit="10/s")
+    )
+    assert shared.bucket is not None
+    sends = [await shared.bucket.reserve(1.0), await shared.bucket.reserve(1.0)]
+    clock.now = sends[-1] + 0.07  # the ledger sees the lease over; here it went late
+    sends.append(await shared.bucket.reserve(1.0))
+
+    gaps = [later - earlier for earlier, later in zip(sends, sends[1:], strict=False)]
+    assert min(gaps) >= 1 / (10 * (1 - HEADROOM)) - 1e-9, gaps
 
 
 async def test_a_pause_one_replica_is_told_of_stops_the_others(
