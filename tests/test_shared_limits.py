@@ -6,6 +6,7 @@ and the client's poller is closed with it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -147,7 +148,7 @@ async def test_a_replicas_own_requests_keep_their_pace_though_its_round_trips_va
     clock.now = sends[-1] + 0.07  # the ledger sees the lease over; here it went late
     sends.append(await shared.bucket.reserve(1.0))
 
-    gaps = [later - earlier for earlier, later in zip(sends, sends[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sends)]
     assert min(gaps) >= 1 / (10 * (1 - HEADROOM)) - 1e-9, gaps
 
 
