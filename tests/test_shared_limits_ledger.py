@@ -4,19 +4,22 @@ the ability through exactly when its ledger has it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from sender.app import App
+from sender.config import AppConfig
 from sender.metered_ledger import metered
 from sender.ports import SharedLimits
 from sender.testing import Clock, SharedLimitsContract
+from sender.testing.receiver import Receiver
 from sender_adapters.memory import MemoryLedger
 from sender_adapters.postgres import PostgresLedger
 from sender_adapters.sqlite import SqliteLedger
-from tests.test_postgres_ledger import pg_dsn  # noqa: F401 (a fixture)
+from tests.test_postgres_ledger import _config, pg_dsn  # noqa: F401 (pg_dsn: a fixture)
 
 
 class TestMemorySharedLimits(SharedLimitsContract):
@@ -50,3 +53,34 @@ def test_the_metered_ledger_shares_limits_exactly_when_its_ledger_does(tmp_path:
     sqlite = SqliteLedger(tmp_path / "ledger.db")
     assert not isinstance(sqlite, SharedLimits)
     assert not isinstance(metered(sqlite, on_error=lambda op: None), SharedLimits)
+
+
+async def test_an_app_on_postgres_shares_its_limits_and_leaves_nothing_running(
+    pg_dsn: str,  # noqa: F811
+    receiver: Receiver,
+    write_config: Callable[[str], AppConfig],
+) -> None:
+    config = write_config(_config(pg_dsn, receiver.url + "/scores"))
+    async with App(config) as app:
+        assert app.shared_limits is not None
+        poller = app.shared_limits._poller
+        assert app.targets["api"].stats()["limits"] == "shared"
+        async with PostgresLedger(pg_dsn) as other:  # it counts as a live replica
+            assert await other.heartbeat("someone-else", 60.0) >= 2
+        owner = app.engine.owner
+
+    assert poller is not None and poller.done()
+    conn = await asyncpg.connect(pg_dsn)
+    try:  # it left: the others' fallback share no longer counts it
+        assert not await conn.fetchval("SELECT count(*) FROM replicas WHERE owner = $1", owner)
+    finally:
+        await conn.close()
+
+
+async def test_an_app_on_sqlite_keeps_its_limits_to_itself(
+    receiver: Receiver, write_config: Callable[[str], AppConfig]
+) -> None:
+    config = write_config(_config("ledger.db", receiver.url + "/scores"))
+    async with App(config) as app:
+        assert app.shared_limits is None
+        assert app.targets["api"].stats()["limits"] == "local"
