@@ -72,6 +72,8 @@ class MemoryShards:
         record = self._shard(batch_id, shard)
         record.runs += 1
         record.started_at = self._now()
+        if record.runs > 1:
+            self._require(batch_id).runs += 1
         if record.state == "failed":
             record.state, record.error = "pending", None
         return self._shard_out(record)

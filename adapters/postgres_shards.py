@@ -107,7 +107,12 @@ class PostgresShards(PostgresStore):
             )
             if affected(status) == 0:
                 raise _no_shard(batch_id, shard)
-            return next(s for s in await _plan(conn, batch_id) if s.shard == shard)
+            started = next(s for s in await _plan(conn, batch_id) if s.shard == shard)
+            if started.runs > 1:
+                await conn.execute(
+                    "UPDATE batches SET runs = runs + 1 WHERE batch_id = $1", batch_id
+                )
+            return started
 
     async def finish_shard(
         self,

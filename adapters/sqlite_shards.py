@@ -109,7 +109,10 @@ class SqliteShards(SqliteStore):
             )
             if cursor.rowcount == 0:
                 raise _no_shard(batch_id, shard)
-            return next(s for s in _plan(conn, batch_id) if s.shard == shard)
+            started = next(s for s in _plan(conn, batch_id) if s.shard == shard)
+            if started.runs > 1:
+                conn.execute("UPDATE batches SET runs = runs + 1 WHERE batch_id = ?", (batch_id,))
+            return started
 
         return await self._call(run, write=True)
 

@@ -396,7 +396,7 @@ class Daemon:
             if outcome.handoff is not None:  # sharded: publish its shards, then ack it
                 await self.engine.sharding.publish(self.trigger, batch_id, outcome.handoff)
                 await self._settle_all(running, "ack")
-                log.info("trigger.acked", batch_id=batch_id, sharded=True)
+                log.info("trigger.sharded", batch_id=batch_id, published=len(outcome.handoff))
                 return
         except asyncio.CancelledError:
             # the grace period ran out: the engine recorded what finished; give the messages
@@ -420,7 +420,8 @@ class Daemon:
             self._failures = 0
             await self._settle_all(running, "ack")
             log.info(
-                "trigger.acked",
+                # trigger.acked: the batch is complete (a shard's ack ends it only when last)
+                "trigger.acked" if outcome.shard is None else "shard.acked",
                 batch_id=batch_id,
                 messages=len(running.envelopes),
                 already_complete=outcome.already_complete,

@@ -192,14 +192,6 @@ class Engine:
         try:
             record = await self.ledger.start_batch(message)
             runs = await self._route_runs(batch_id, route_names)
-            log.info(
-                "batch.started",
-                batch_id=batch_id,
-                dataset=message.dataset,
-                uri=message.uri,
-                routes=route_names,
-                resumed=record.runs > 1,
-            )
             handoff = await self._deliver_all(message, record, runs, stop, force, sharded)
             if handoff is not None:
                 self.hooks.batch_finished(batch_id, "sharded", time.monotonic() - started)
@@ -322,6 +314,14 @@ class Engine:
             handoff = await self.sharding.plan(message, record, runs, listing.objects, force)
             if handoff is not None:
                 return handoff
+        log.info(
+            "batch.started",
+            batch_id=message.batch_id,
+            dataset=message.dataset,
+            uri=message.uri,
+            routes=[run.name for run in runs],
+            resumed=record.runs > 1,
+        )
         fresh = functools.partial(RouteRun.of, self.config, targets=self.targets)
         limit = self.config.daemon.max_record_bytes
         await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects, limit)

@@ -69,7 +69,15 @@ async def take_stale_lease(
     very host whose process no longer exists; anything else is left to expire."""
     if not is_dead_local_owner(holder):
         return False
-    log.warning("lease.stale", batch_id=batch_id, owner=holder, taken_by=owner)
+    # a shard's lease is "<batch>/<k>" (sender.shard_ports.shard_lease_key)
+    batch, _, shard = batch_id.partition("/")
+    log.warning(
+        "lease.stale",
+        batch_id=batch,
+        shard=int(shard) if shard.isdigit() else None,
+        owner=holder,
+        taken_by=owner,
+    )
     await ledger.release_lease(batch_id, holder)
     # another process may take it in between: then that one sends, and we do not
     return await ledger.acquire_lease(batch_id, owner, lease_s)

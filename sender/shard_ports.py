@@ -101,7 +101,8 @@ class Shards(Protocol):
 
     async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
         """A run of the shard begins: ``runs`` + 1, ``started_at`` now, a failed shard pending
-        again (its error cleared). ``LedgerError`` for a shard not in the plan."""
+        again (its error cleared); a shard run again (resumed, taken over) is a run of the
+        batch too (its ``runs`` + 1). ``LedgerError`` for a shard not in the plan."""
         ...
 
     async def finish_shard(

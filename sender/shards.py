@@ -252,8 +252,9 @@ class Sharding:
             begun = await store.start_shard(batch_id, index)
             runs = self._route_runs(route_names, index, await self._ledger.chunks(batch_id))
             log.info(
-                "shard.started",
+                "batch.started",
                 batch_id=batch_id,
+                dataset=message.dataset,
                 shard=index,
                 objects=shard.objects,
                 resumed=begun.runs > 1,

@@ -85,6 +85,16 @@ class ShardsContract(LedgerSuite):
 
         assert (again.runs, again.state, again.error) == (2, "pending", None)
 
+    async def test_a_shard_run_again_is_a_run_of_the_batch(self, ledger: Any) -> None:
+        await self._planned(ledger, [1, 1])
+        await ledger.start_shard("b-1", 0)
+        await ledger.start_shard("b-1", 1)
+        assert (await ledger.get_batch("b-1")).runs == 1  # first runs: the batch's own
+
+        await ledger.start_shard("b-1", 1)  # taken over after a crash
+
+        assert (await ledger.get_batch("b-1")).runs == 2
+
     async def test_an_unknown_shard_is_an_error(self, ledger: Any) -> None:
         await self._planned(ledger, [1, 1])
         with pytest.raises(LedgerError):
