@@ -25,7 +25,7 @@ from .chunker import Chunker, Lines, RawChunk
 from .codecs import compress, encode
 from .config import AppConfig, RouteConfig
 from .diffsync import RouteDiff
-from .errors import BadRecordPolicyFailed
+from .errors import BadRecordPolicyFailed, SourceError
 from .log import get_logger
 from .model import BadRecord, ChunkState, EncodedChunk, ObjectInfo, chunk_sort_key, idempotency_key
 from .ports import ChunkRecord, RouteStats, Source
@@ -105,8 +105,10 @@ class RouteRun:
     rejects_index: int = 0
     rejects_stored: int = 0
     fallbacks: int = 0
-    # the first chunk's (and rejects file's) index: a shard's base (``sender.shards``)
+    # the first chunk's (and rejects file's) index: a shard's base (``sender.shards``), and
+    # the index its chunks must stay below (the next shard's base)
     base: int = 0
+    ceiling: int | None = None
 
     def __post_init__(self) -> None:
         if self.config.fields:
@@ -187,6 +189,12 @@ class RouteRun:
     def _chunks(self, chunks: Iterable[RawChunk]) -> list[RawChunk]:
         # a chunk's records are consecutive among those sent: its first seq places them
         out = list(chunks)
+        if self.ceiling is not None and out and int(out[-1].chunk_id) >= self.ceiling:
+            # its ids would be the next shard's: refuse rather than overwrite them
+            raise SourceError(
+                f"route {self.name}: a shard cut more than {self.ceiling - self.base:,} "
+                "chunks; lower [daemon] shard_objects or raise the route's chunk size"
+            )
         for raw in out:
             self.seq_starts[raw.chunk_id] = self._seq
             self._seq += raw.records

@@ -310,13 +310,14 @@ class Sharding:
         for chunk in chunks:
             if chunk.route in by_route and shard_of(chunk.chunk_id) == index:
                 by_route[chunk.route][chunk.chunk_id] = chunk
-        engine = self.engine
-        return [
-            RouteRun.of(
-                engine.config, name, engine.targets, by_route[name], base=index * SHARD_STRIDE
-            )
+        engine, base = self.engine, index * SHARD_STRIDE
+        runs = [
+            RouteRun.of(engine.config, name, engine.targets, by_route[name], base=base)
             for name in route_names
         ]
+        for run in runs:
+            run.ceiling = base + SHARD_STRIDE
+        return runs
 
     # -- the batch's end -------------------------------------------------------------------
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from sender.errors import MessageError
+from sender.config import AppConfig
+from sender.errors import MessageError, SourceError
 from sender.model import BatchState, ChunkState, idempotency_key
+from sender.routing import RouteRun
 from sender.shards import SHARD_STRIDE, shard_of, shard_sizes
 from sender.testing import make_chunk
 from sender.testing.receiver import Receiver
@@ -243,3 +247,28 @@ async def test_a_shard_that_fails_fails_the_batch_once_and_its_message_is_reject
         plan = await ledger.shards("b-bad")
     assert record is not None and record.state is BatchState.FAILED
     assert plan[2].state == "failed" and "part-00035" in (plan[2].error or "")
+
+
+def test_a_shard_that_would_cut_into_the_next_shards_numbers_fails(
+    write_config: Callable[[str], AppConfig],
+) -> None:
+    config = write_config(
+        """
+        [destinations.dead]
+        type = "local"
+        path = "dead"
+
+        [routes.churn]
+        datasets = ["churn"]
+        chunk = { records = 1 }
+        targets = ["dead"]
+        """
+    )
+    base = 3 * SHARD_STRIDE
+    run = RouteRun("churn", config.routes["churn"], [], cast(Any, None), {}, base=base)
+    run.ceiling = base + 2  # as if a shard held two chunks' worth of ids
+
+    cut = run.feed_tombstones([b"{}", b"{}"]) + run.feed_tombstones([b"{}"])
+    assert [raw.chunk_id for raw in cut] == [str(base), str(base + 1)]
+    with pytest.raises(SourceError, match="a shard cut more than 2 chunks"):
+        run.feed_tombstones([b"{}"])
