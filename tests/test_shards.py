@@ -46,16 +46,24 @@ def shard_chunk_ids(sizes: list[int]) -> set[str]:
     return {str(k * SHARD_STRIDE + i) for k, size in enumerate(sizes) for i in range(size)}
 
 
-async def spool_daemon_config(tmp_path: Path, receiver: Receiver, max_batches: int) -> Path:
-    return write_daemon_config(
-        tmp_path / "daemon", receiver=receiver.url, trigger=SPOOL, max_batches=max_batches
+async def spool_daemon_config(
+    tmp_path: Path, receiver: Receiver, max_batches: int, trigger: str = SPOOL
+) -> Path:
+    config = write_daemon_config(
+        tmp_path / "daemon", receiver=receiver.url, trigger=trigger, max_batches=max_batches
     )
+    # the batches are written beside the daemon's folder; a remote trigger may name them
+    lake = f'allow_uris = ["{tmp_path / "lake"}/"]'
+    config.write_text(config.read_text().replace("[daemon]\n", f"[daemon]\n{lake}\n", 1))
+    return config
 
 
+# the http trigger's inbox keeps each shard message under its own id (not the batch's)
+@pytest.mark.parametrize("trigger", [SPOOL, 'type = "http"\npoll = "100ms"'], ids=["spool", "http"])
 async def test_one_daemon_delivers_the_shards_side_by_side_and_completes_once(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, trigger: str
 ) -> None:
-    config = await spool_daemon_config(tmp_path, receiver, max_batches=3)
+    config = await spool_daemon_config(tmp_path, receiver, max_batches=3, trigger=trigger)
     message = churn_batch(tmp_path, "b-big", records=200, parts=40)
     receiver.slow(0.05)  # keep shards in flight long enough to overlap
     with watch_logs() as logs:
