@@ -47,7 +47,7 @@ from .outcome import BatchOutcome
 from .ports import BatchRecord, ChunkRecord, Ledger, Source
 from .readers import read_records
 from .route_finish import finish_routes
-from .routing import SPLIT_TARGET, RouteRun, encode_chunk, recut
+from .routing import SPLIT_TARGET, RouteRun, encode_chunk, keep_counts_when_nothing_was_read, recut
 from .shards import Sharding
 from .targets import Target
 
@@ -189,6 +189,7 @@ class Engine:
         runs: list[RouteRun] = []
         self.hooks.batch_started(batch_id, message.dataset, route_names)
         state, error = BatchState.COMPLETE, None
+        record: BatchRecord | None = None
         try:
             record = await self.ledger.start_batch(message)
             runs = await self._route_runs(batch_id, route_names)
@@ -203,6 +204,8 @@ class Engine:
                 await commit_runs(message, runs)
         except (SourceError, BadRecordPolicyFailed) as exc:
             state, error = BatchState.FAILED, str(exc)
+            if record is not None:
+                keep_counts_when_nothing_was_read(runs, record.routes)
         except (DeadLetterUnavailable, FinishFailed) as exc:
             state, error = BatchState.INCOMPLETE, str(exc)
         except asyncio.CancelledError:

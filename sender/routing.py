@@ -16,9 +16,10 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .casting import Caster
 from .chunker import Chunker, Lines, RawChunk
@@ -33,7 +34,14 @@ from .projection import Projection
 from .readers import MAX_RECORD_BYTES, RecordBlock, read_records
 from .targets import Target
 
-__all__ = ["SPLIT_TARGET", "RouteRun", "encode_chunk", "halves", "recut"]
+__all__ = [
+    "SPLIT_TARGET",
+    "RouteRun",
+    "encode_chunk",
+    "halves",
+    "keep_counts_when_nothing_was_read",
+    "recut",
+]
 
 log = get_logger("sender.engine")
 
@@ -336,3 +344,17 @@ async def recut(
     for raw in run.finish():
         for piece in cut(raw):
             yield piece
+
+
+def keep_counts_when_nothing_was_read(
+    runs: Sequence[RouteRun], previous: Mapping[str, RouteStats]
+) -> None:
+    """A run that failed before it read a record (its source gone, or changed since the
+    batch was first read) keeps the counts the batch had (``previous``): zeros would read
+    "read 0 = delivered 0" over records an earlier run delivered."""
+    if any(run.stats.read or run.stats.chunks for run in runs):
+        return
+    for run in runs:
+        stats = previous.get(run.name)
+        if stats is not None:
+            run.stats = replace(stats)

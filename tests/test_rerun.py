@@ -122,6 +122,10 @@ async def test_sender_send_rerun_finishes_a_failed_batch_from_the_shell(
     last.write_bytes(good)
     code, out, err = await cli(*send_args(path))
     assert code == 1 and "--rerun" in out + err, (out, err)
+    code, out, _ = await cli("status", "b-1", "-c", str(path))
+    status = " ".join(out.split())
+    assert code == 0 and "read 0 =" not in status  # the refused run read nothing
+    assert f"delivered {before} +" in status  # what the first run delivered still counts
 
     code, out, err = await cli(*send_args(path), "--rerun", "--json")
     assert code == 0, (out, err)
