@@ -280,3 +280,34 @@ def test_a_shard_that_would_cut_into_the_next_shards_numbers_fails(
     assert [raw.chunk_id for raw in cut] == [str(base), str(base + 1)]
     with pytest.raises(SourceError, match="a shard cut more than 2 chunks"):
         run.feed_tombstones([b"{}"])
+
+
+async def test_a_parent_delivered_again_after_planning_publishes_its_shards_once_more(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await spool_daemon_config(tmp_path, receiver, max_batches=2)
+    message = churn_batch(tmp_path, "b-again", records=200, parts=40)
+    # a replica planned the batch and died before its shard messages were all published
+    async with SqliteLedger(tmp_path / "daemon" / "ledger.db") as ledger:
+        await ledger.start_batch(message)
+        await ledger.plan_shards("b-again", [16, 16, 8])
+    with watch_logs() as logs:
+        async with running_daemon(config) as daemon:
+            await daemon.accept(message)  # the broker's redelivery of the parent
+            async with asyncio.timeout(60):
+                await logs.wait_for("batch.finished", batch_id="b-again")
+                await daemon.wait_settled(4)
+            sent = len(receiver.accepted)
+            # a shard message delivered again once complete, and the parent again: acked,
+            # nothing sent
+            await daemon.accept(message.model_copy(update={"shard": 1}))
+            await daemon.accept(message)
+            async with asyncio.timeout(30):
+                settled = await daemon.wait_settled(6)
+
+    assert [s.verb for s in settled] == ["ack"] * 6
+    assert len(receiver.accepted) == sent == 40
+    assert {r.headers["X-Sender-Chunk"] for r in receiver.accepted} == shard_chunk_ids([16, 16, 8])
+    (sharded,) = logs.find("trigger.sharded", batch_id="b-again")
+    assert sharded["published"] == 3
+    assert len(logs.find("batch.finished", batch_id="b-again")) == 1
