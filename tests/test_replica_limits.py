@@ -23,14 +23,14 @@ import pytest
 from sender.errors import LedgerError
 from sender.shared_limits import SharedLimitsClient
 from sender.targets import Target
-from sender.testing.receiver import ReceivedRequest, Receiver
+from sender.testing.receiver import Receiver
 from sender_adapters.memory import MemoryDestination
 from sender_adapters.postgres import PostgresLedger
-from tests.brokers import AMQP_URL, DaemonProcess, TcpProxy, churn_batch, free_port, watch_logs
+from tests.brokers import DaemonProcess, TcpProxy, churn_batch, watch_logs
+from tests.replicas import NAMES, connected, limited_replica, rates, replica_of
 from tests.test_postgres_ledger import create_database, drop_database
 from tests.test_rate_window import most_in_window
 from tests.test_scale_out import (  # noqa: F401 (shared_ledger: a fixture)
-    _require_rabbitmq,
     first_event,
     publish,
     shared_ledger,
@@ -39,40 +39,6 @@ from tests.test_scale_out import (  # noqa: F401 (shared_ledger: a fixture)
 pytestmark = pytest.mark.slow
 
 RATE = 20.0  # the destination's rate_limit, requests per second, for all replicas together
-
-_CONFIG = """\
-[daemon]
-ledger = "{ledger}"
-listen = "127.0.0.1:{port}"
-max_batches = 2
-shutdown_grace = "10s"
-allow_uris = ["{lake}/"]
-
-[trigger]
-type = "amqp"
-url = "{amqp}"
-queue = "{queue}"
-prefetch = 2
-
-[destinations.api]
-type = "http"
-url = "{receiver}/scores"
-compression = "none"
-concurrency = 4
-rate_limit = "{rate:g}/s"
-retry = {{ attempts = 3, initial = "10ms", max = "50ms", budget = "30s" }}
-circuit = {{ failures = 3, reset = "30s" }}
-
-[destinations.dead]
-type = "local"
-path = "dead"
-
-[routes.churn]
-datasets = ["churn"]
-chunk = {{ records = 5 }}
-targets = ["api"]
-dead_letter = "dead"
-"""
 
 
 @pytest.fixture
@@ -83,55 +49,22 @@ async def replicas(
     shared_ledger: str,  # noqa: F811 (the fixture)
 ) -> AsyncIterator[list[DaemonProcess]]:
     """Three replicas on one queue and one ledger, connected to the broker."""
-    await _require_rabbitmq()
-    processes = []
-    for name in ("replica-a", "replica-b", "replica-c"):
-        folder = tmp_path / name
-        folder.mkdir()
-        config = folder / "sender.toml"
-        config.write_text(
-            _CONFIG.format(
-                ledger=shared_ledger,
-                port=free_port(),
-                amqp=AMQP_URL,
-                queue=amqp_queue,
-                receiver=receiver.url,
-                rate=RATE,
-                lake=tmp_path / "lake",
-            )
+    processes = [
+        limited_replica(
+            tmp_path / name, ledger=shared_ledger, queue=amqp_queue, receiver=receiver, rate=RATE
         )
-        processes.append(DaemonProcess(config))
-    try:
-        for process in processes:
-            await process.start()
-        async with asyncio.timeout(60):
-            for process in processes:
-                await process.wait_for_event("amqp.connected")
+        for name in NAMES
+    ]
+    async with connected(processes):
         yield processes
         for process in processes:
             code, _ = await process.stop()
             assert code == 0, process.tail()
-    finally:
-        for process in processes:
-            await process.kill()
 
 
-def sender_of(replicas: list[DaemonProcess], request: ReceivedRequest) -> int:
-    """Which replica sent the request: the one that started its batch."""
-    batch_id = request.headers.get("X-Sender-Batch")
-    (index,) = (i for i, r in enumerate(replicas) if r.find("batch.started", batch_id=batch_id))
-    return index
-
-
-def rates(replicas: list[DaemonProcess], requests: list[ReceivedRequest]) -> str:
-    """Requests per second the receiver saw from each replica and in total (busy time)."""
-    times = [r.received_at for r in requests]
-    seconds = max(times) - min(times)
-    counts = collections.Counter(sender_of(replicas, r) for r in requests)
-    each = ", ".join(f"replica {i}: {counts[i] / seconds:.1f}/s" for i in range(len(replicas)))
-    windows = f"busiest 1 s: {most_in_window(times, 1.0)}, 2 s: {most_in_window(times, 2.0)}"
-    total = f"{len(requests)} requests in {seconds:.1f}s: {len(requests) / seconds:.1f}/s"
-    return f"{total} ({each}); {windows}"
+def named(replicas: list[DaemonProcess], name: str) -> DaemonProcess:
+    (replica,) = (r for r in replicas if r.config.parent.name == name)
+    return replica
 
 
 async def test_three_replicas_keep_one_rate_limit_and_one_pause(
@@ -149,23 +82,23 @@ async def test_three_replicas_keep_one_rate_limit_and_one_pause(
 
     requests = receiver.requests
     arrivals = [r.received_at for r in requests]
-    print("\n" + rates(replicas, requests))
+    print("\n" + rates(requests))
     (told,) = (r for r in requests if r.status_returned == 429)
     before = [r for r in requests if r.received_at < told.received_at]
-    print("before the 429: " + rates(replicas, before))
+    print("before the 429: " + rates(before))
     # one limit for the three: no window of a second or two saw more than the limit +10%
-    assert most_in_window(arrivals, 1.0) <= RATE * 1.1, rates(replicas, requests)
-    assert most_in_window(arrivals, 2.0) <= 2 * RATE * 1.1, rates(replicas, requests)
+    assert most_in_window(arrivals, 1.0) <= RATE * 1.1, rates(requests)
+    assert most_in_window(arrivals, 2.0) <= 2 * RATE * 1.1, rates(requests)
     # and it is a rate, not a ceiling far below: the busiest two seconds came near it
-    assert most_in_window(arrivals, 2.0) >= 2 * RATE * 0.75, rates(replicas, requests)
-    senders = collections.Counter(sender_of(replicas, r) for r in requests)
+    assert most_in_window(arrivals, 2.0) >= 2 * RATE * 0.75, rates(requests)
+    senders = collections.Counter(replica_of(r) for r in requests)
     assert len(senders) == 3, senders  # each replica sent some
 
     # the 429 stopped every replica: after a second to spread the word, nothing arrived
     # until its three seconds were over
     quiet = [r for r in requests if told.received_at + 1.0 < r.received_at < told.received_at + 2.9]
-    assert not quiet, [(r.received_at - told.received_at, sender_of(replicas, r)) for r in quiet]
-    others = [r for i, r in enumerate(replicas) if i != sender_of(replicas, told)]
+    assert not quiet, [(r.received_at - told.received_at, replica_of(r)) for r in quiet]
+    others = [r for r in replicas if r is not named(replicas, replica_of(told))]
     for other in others:
         assert other.find("ratelimit.pause", reason="paused by another replica"), other.tail()
     # every chunk arrived once, the 429'd one too
