@@ -3,9 +3,10 @@ terminal state in the ledger.
 
 This module orchestrates a batch: it holds the batch's lease (``sender.lease``), lists and
 checks its source (``sender.batch_source``), reads it once and hands each route its chunks
-(``sender.routing``), delivers them at most a bounded number at a time (each one by the
-delivery policy, ``sender.delivery``), tells the destinations that care that a route is done,
-and records the outcome.
+(``sender.routing``), delivers them at most a bounded number at a time (``sender.pump``, each
+by the delivery policy, ``sender.delivery``), tells the destinations that care that a route is
+done, and records the outcome. A big batch is planned and delivered in shards
+(``sender.shards``).
 
 Whatever happens inside a batch, the batch ends in a state (STYLE.md #23): an exception the
 engine does not expect (a ``LedgerError``, an ``AdapterClosed``, a bug) is recorded as
@@ -36,7 +37,6 @@ from .errors import (
     SenderError,
     SourceError,
     describe_error,
-    first_error,
 )
 from .events import finish_batch
 from .hooks import Hooks, isolated
@@ -45,7 +45,7 @@ from .log import get_logger, mask_optional
 from .model import BatchState, EncodedChunk, ObjectInfo, TriggerMessage
 from .outcome import BatchOutcome
 from .ports import BatchRecord, ChunkRecord, Ledger, Source
-from .readers import read_records
+from .pump import Pump
 from .route_finish import finish_routes
 from .routing import SPLIT_TARGET, RouteRun, encode_chunk, keep_counts_when_nothing_was_read, recut
 from .shards import Sharding
@@ -84,6 +84,7 @@ class Engine:
         self.hooks = isolated(hooks)
         self.owner = owner or default_owner()
         self.delivery = ChunkDelivery(ledger, self.hooks)
+        self.pump = Pump(config, ledger, self.delivery, self.hooks)
         self.sharding = Sharding(self)
 
     async def source_for(self, uri: str) -> Source:
@@ -340,118 +341,9 @@ class Engine:
         stop: asyncio.Event,
     ) -> None:
         """Read ``objects`` once and drive the chunks ``runs`` cut of them to a terminal
-        state in the ledger (a whole batch's, or a shard's). Raises ``SourceError``,
-        ``DeadLetterUnavailable``, ``BadRecordPolicyFailed``."""
-        in_flight = asyncio.Semaphore(_in_flight_limit(runs))
-        try:
-            await self._pump(message, source, objects, runs, stop, in_flight)
-        except BaseExceptionGroup as group:
-            raise first_error(group, DeadLetterUnavailable, SourceError, SenderError) from None
-
-    async def _pump(
-        self,
-        message: TriggerMessage,
-        source: Source,
-        objects: list[ObjectInfo],
-        runs: list[RouteRun],
-        stop: asyncio.Event,
-        in_flight: asyncio.Semaphore,
-    ) -> None:
-        read_error: SourceError | None = None
-        halted: list[DeadLetterUnavailable] = []
-
-        async def deliver(run: RouteRun, raw: RawChunk, kind: str) -> None:
-            try:
-                await self._deliver(message, run, raw, kind, in_flight)
-            except DeadLetterUnavailable as exc:
-                halted.append(exc)  # take no new chunk; the others in flight still finish
-
-        async with asyncio.TaskGroup() as group:
-
-            async def submit(run: RouteRun, raw: RawChunk, kind: str = "data") -> None:
-                run.stats.chunks += kind == "data"
-                done = run.previous.get(raw.chunk_id)
-                if done is not None and done.state.terminal:
-                    run.count(done)
-                    return
-                await in_flight.acquire()
-                if halted:
-                    in_flight.release()
-                    raise halted[0]
-                group.create_task(deliver(run, raw, kind))
-
-            try:
-                await self._feed(message, source, objects, runs, stop, submit)
-            except (SourceError, DeadLetterUnavailable) as exc:
-                # chunks already in flight still finish, so their outcome is in the ledger
-                read_error = exc if isinstance(exc, SourceError) else None
-        if read_error is not None:
-            raise read_error
-        if halted:
-            raise halted[0]
-
-    async def _feed(
-        self,
-        message: TriggerMessage,
-        source: Source,
-        objects: list[ObjectInfo],
-        runs: list[RouteRun],
-        stop: asyncio.Event,
-        submit: Callable[..., Awaitable[None]],
-    ) -> None:
-        """Read the batch once and hand every route its chunks, in order."""
-        limit = self.config.daemon.max_record_bytes
-        async for block in read_records(source, objects, message.format, max_record_bytes=limit):
-            if stop.is_set():
-                return
-            self.hooks.records_read(message.batch_id, block.records, block.size)
-            for run in runs:
-                if run.diff is not None:
-                    await run.diff.prefetch(block)
-                for raw, kind in run.cut(block):
-                    await submit(run, raw, kind)
-        for run in runs:
-            if run.diff is not None:
-                async for lines in run.diff.tombstone_lines():
-                    for raw in run.feed_tombstones(lines):
-                        await submit(run, raw)
-            for raw in run.finish():
-                await submit(run, raw)
-            for raw in run.flush_rejects(final=True):
-                await submit(run, raw, "rejects")
-
-    async def _deliver(
-        self,
-        message: TriggerMessage,
-        run: RouteRun,
-        raw: RawChunk,
-        kind: str,
-        in_flight: asyncio.Semaphore,
-    ) -> None:
-        try:
-            chunk_record, wire_size = await self.delivery.deliver(message, run, raw, kind)
-        finally:
-            in_flight.release()
-        await self.ledger.save_chunks([chunk_record])
-        run.count(chunk_record)
-        if chunk_record.target == SPLIT_TARGET:
-            return  # its pieces were reported one by one
-        self.hooks.chunk_done(
-            message.batch_id,
-            run.name,
-            chunk_record.state.value,
-            chunk_record.target,
-            chunk_record.records,
-            chunk_record.raw_size,
-            wire_size,
-            kind=chunk_record.kind,
-        )
+        state in the ledger (a whole batch's, or a shard's): ``sender.pump``."""
+        await self.pump.deliver_objects(message, source, objects, runs, stop)
 
     async def commit_diff(self, message: TriggerMessage, route: str) -> None:
         """After a replay: what the route has delivered by now enters its baseline."""
         await commit_route(self.config, self.ledger, message, route)
-
-
-def _in_flight_limit(runs: Sequence[RouteRun]) -> int:
-    # enough chunks to keep every primary busy, few enough to bound memory
-    return max(2, sum(2 * run.targets[0].concurrency for run in runs))

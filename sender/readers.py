@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,9 +101,10 @@ async def read_records(
     format: str | None,
     *,
     max_record_bytes: int = MAX_RECORD_BYTES,
-) -> AsyncIterator[RecordBlock]:
+) -> AsyncGenerator[RecordBlock, None]:
     """Blocks of records from every object, in order. A JSONL line longer than
-    ``max_record_bytes`` (``daemon.max_record_bytes``) is a bad record."""
+    ``max_record_bytes`` (``daemon.max_record_bytes``) is a bad record. Close it
+    (``contextlib.aclosing``) when stopping early: it closes the object it is reading."""
     for obj in objects:
         fmt = format or detect_format(obj.name)
         if fmt == "jsonl":
@@ -114,8 +115,15 @@ async def read_records(
             reader = read_parquet(source, obj)
         else:
             raise SourceError(f"{obj.uri}: unknown format {fmt!r}")
-        async for block in reader:
-            yield block
+        try:
+            async for block in reader:
+                yield block
+        finally:
+            # now, not when the garbage collector gets to it: the object's stream (an open
+            # part file, an HTTP body) is closed with the reader
+            close = getattr(reader, "aclose", None)
+            if close is not None:
+                await close()
 
 
 # -- JSONL ---------------------------------------------------------------------------------
