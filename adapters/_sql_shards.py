@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from sender.shard_ports import ShardRecord
-from sender_adapters._sql import Decode, Row, route_stats
+from sender_adapters._sql import Decode, Migration, Row, route_stats
 
-__all__ = ["SHARD_COLUMNS", "SHARD_SELECT", "shard_record"]
+__all__ = ["SENT_BY_MIGRATION", "SHARD_COLUMNS", "SHARD_SELECT", "shard_record"]
+
+# a schema step of both SQL ledgers, after their shards table: who last ran each shard, kept
+# after its lease is released (sender status shows who delivered a finished shard)
+SENT_BY_MIGRATION: Migration = ("ALTER TABLE shards ADD COLUMN sent_by TEXT",)
 
 
 def _same(value: Any) -> Any:
@@ -27,6 +31,7 @@ SHARD_COLUMNS = (
     "published",
     "started_at",
     "finished_at",
+    "sent_by",
 )
 
 # a shard's lease is kept under "<batch id>/<shard>" (sender.shard_ports.shard_lease_key)
@@ -53,4 +58,5 @@ def shard_record(row: Row, *, json: Decode = _same, time: Decode = _same) -> Sha
         finished_at=time(row["finished_at"]),
         owner=row["lease_owner"],
         lease_expires=time(row["lease_expires"]),
+        sent_by=row["sent_by"],
     )

@@ -67,11 +67,12 @@ class MemoryShards:
         for record in self._plans.get(batch_id, []):
             record.published = True
 
-    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
+    async def start_shard(self, batch_id: str, shard: int, owner: str | None = None) -> ShardRecord:
         await self._enter()
         record = self._shard(batch_id, shard)
         record.runs += 1
         record.started_at = self._now()
+        record.sent_by = owner
         if record.runs > 1:
             self._require(batch_id).runs += 1
         if record.state == "failed":

@@ -57,6 +57,7 @@ from sender_adapters._sql import (
     unknown_batch,
     upsert,
 )
+from sender_adapters._sql_shards import SENT_BY_MIGRATION
 from sender_adapters.postgres_diff import DIFF_MIGRATION, PostgresDiff
 from sender_adapters.postgres_inbox import INBOX_MIGRATION, PostgresInbox
 from sender_adapters.postgres_limits import LIMITS_MIGRATION, PostgresLimits
@@ -137,6 +138,8 @@ MIGRATIONS += (OUTBOX_MIGRATION,)
 MIGRATIONS += (LIMITS_MIGRATION,)
 # the plans of sharded batches (sender.shards)
 MIGRATIONS += (SHARDS_MIGRATION,)
+# who last ran each shard (sender status after the batch is done)
+MIGRATIONS += (SENT_BY_MIGRATION,)
 
 # $1 is the clock (NOW) in every statement that takes it
 _SAVE_CHUNKS = upsert(

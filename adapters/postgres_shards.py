@@ -92,11 +92,11 @@ class PostgresShards(PostgresStore):
         async with self._transaction() as conn:
             await conn.execute("UPDATE shards SET published = true WHERE batch_id = $1", batch_id)
 
-    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
+    async def start_shard(self, batch_id: str, shard: int, owner: str | None = None) -> ShardRecord:
         async with self._transaction() as conn:
             status = await conn.execute(
                 f"""
-                UPDATE shards SET runs = runs + 1, started_at = {NOW},
+                UPDATE shards SET runs = runs + 1, started_at = {NOW}, sent_by = $4,
                     state = CASE state WHEN 'failed' THEN 'pending' ELSE state END,
                     error = CASE state WHEN 'failed' THEN NULL ELSE error END
                 WHERE batch_id = $2 AND shard = $3
@@ -104,6 +104,7 @@ class PostgresShards(PostgresStore):
                 self._now(),
                 batch_id,
                 shard,
+                owner,
             )
             if affected(status) == 0:
                 raise _no_shard(batch_id, shard)

@@ -40,6 +40,7 @@ from sender_adapters._sql import (
     unknown_batch,
     upsert,
 )
+from sender_adapters._sql_shards import SENT_BY_MIGRATION
 from sender_adapters.sqlite_diff import DIFF_MIGRATION, SqliteDiff
 from sender_adapters.sqlite_inbox import INBOX_MIGRATION, SqliteInbox
 from sender_adapters.sqlite_outbox import OUTBOX_MIGRATION, SqliteOutbox, finish_row
@@ -115,6 +116,8 @@ MIGRATIONS: tuple[Migration, ...] = (_BATCHES, INBOX_MIGRATION, DIFF_MIGRATION)
 MIGRATIONS += (OUTBOX_MIGRATION,)
 # the plans of sharded batches (sender.shards)
 MIGRATIONS += (SHARDS_MIGRATION,)
+# who last ran each shard (sender status after the batch is done)
+MIGRATIONS += (SENT_BY_MIGRATION,)
 
 _TAKE_LEASE = upsert("leases", ("batch_id", "owner", "expires"), ("batch_id",), ("?", "?", "?"))
 _SAVE_CHUNKS = upsert("chunks", CHUNK_COLUMNS, CHUNK_KEY, ["?"] * len(CHUNK_COLUMNS))

@@ -94,18 +94,18 @@ class SqliteShards(SqliteStore):
 
         await self._call(run, write=True)
 
-    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
+    async def start_shard(self, batch_id: str, shard: int, owner: str | None = None) -> ShardRecord:
         now = ts(self._now())
 
         def run(conn: sqlite3.Connection) -> ShardRecord:
             cursor = conn.execute(
                 """
-                UPDATE shards SET runs = runs + 1, started_at = ?,
+                UPDATE shards SET runs = runs + 1, started_at = ?, sent_by = ?,
                     state = CASE state WHEN 'failed' THEN 'pending' ELSE state END,
                     error = CASE state WHEN 'failed' THEN NULL ELSE error END
                 WHERE batch_id = ? AND shard = ?
                 """,
-                (now, batch_id, shard),
+                (now, owner, batch_id, shard),
             )
             if cursor.rowcount == 0:
                 raise _no_shard(batch_id, shard)

@@ -289,8 +289,8 @@ class _ShardsCalls(_Counting):
     async def set_shards_published(self, batch_id: str) -> None:
         await self._count("set_shards_published", self._shards.set_shards_published(batch_id))
 
-    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
-        return await self._count("start_shard", self._shards.start_shard(batch_id, shard))
+    async def start_shard(self, batch_id: str, shard: int, owner: str | None = None) -> ShardRecord:
+        return await self._count("start_shard", self._shards.start_shard(batch_id, shard, owner))
 
     async def finish_shard(
         self,

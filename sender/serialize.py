@@ -91,7 +91,8 @@ def shard_json(
     shard: ShardRecord, chunks: Sequence[ChunkRecord], now: datetime | None = None
 ) -> dict[str, Any]:
     """One shard for ``sender status --json`` and ``GET /v1/batches/{id}``: its objects, its
-    state, who holds it now (``owner``, None when its lease is free or ran out), progress."""
+    state, its ``owner`` (the replica holding its lease now, else the one that last ran it:
+    who delivered a finished shard), who last ran it (``sent_by``), progress."""
     live = shard.owner is not None and (
         now is None or shard.lease_expires is None or shard.lease_expires > now
     )
@@ -100,8 +101,9 @@ def shard_json(
         "first_object": shard.first_object,
         "objects": shard.objects,
         "state": shard.state,
-        "owner": shard.owner if live else None,
+        "owner": shard.owner if live else shard.sent_by,
         "lease_expires": _time(shard.lease_expires) if live else None,
+        "sent_by": shard.sent_by,
         "runs": shard.runs,
         "started_at": _time(shard.started_at),
         "finished_at": _time(shard.finished_at),

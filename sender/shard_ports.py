@@ -53,7 +53,8 @@ class ShardRecord:
     ``state`` is ``pending`` until it ends ``complete`` (``routes`` then holds its
     reconciliation) or ``failed`` (with ``error``); ``runs`` counts its starts; ``published``
     says the plan's shard messages were all put on the queue. ``owner`` holds its lease
-    while ``lease_expires`` is ahead."""
+    while ``lease_expires`` is ahead; ``sent_by`` is the replica that last started it, kept
+    after its lease is gone (who delivered a finished shard)."""
 
     batch_id: str
     shard: int
@@ -68,6 +69,7 @@ class ShardRecord:
     finished_at: datetime | None = None
     owner: str | None = None
     lease_expires: datetime | None = None
+    sent_by: str | None = None
 
 
 @runtime_checkable
@@ -99,10 +101,11 @@ class Shards(Protocol):
         """Every shard message of the plan is on the queue (``published`` True for all)."""
         ...
 
-    async def start_shard(self, batch_id: str, shard: int) -> ShardRecord:
-        """A run of the shard begins: ``runs`` + 1, ``started_at`` now, a failed shard pending
-        again (its error cleared); a shard run again (resumed, taken over) is a run of the
-        batch too (its ``runs`` + 1). ``LedgerError`` for a shard not in the plan."""
+    async def start_shard(self, batch_id: str, shard: int, owner: str | None = None) -> ShardRecord:
+        """A run of the shard begins, by ``owner`` (kept as ``sent_by``): ``runs`` + 1,
+        ``started_at`` now, a failed shard pending again (its error cleared); a shard run
+        again (resumed, taken over) is a run of the batch too (its ``runs`` + 1).
+        ``LedgerError`` for a shard not in the plan."""
         ...
 
     async def finish_shard(

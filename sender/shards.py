@@ -249,7 +249,7 @@ class Sharding:
         runs: list[RouteRun] = []
         state, error = BatchState.COMPLETE, None
         try:
-            begun = await store.start_shard(batch_id, index)
+            begun = await store.start_shard(batch_id, index, self.engine.owner)
             runs = self._route_runs(route_names, index, await self._ledger.chunks(batch_id))
             log.info(
                 "batch.started",

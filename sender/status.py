@@ -142,7 +142,8 @@ def batch_table(
 def shard_table(
     shards: Sequence[ShardRecord], chunks: Sequence[ChunkRecord], now: datetime
 ) -> Table:
-    """A sharded batch's shards: objects, state, who holds each now, progress, runs."""
+    """A sharded batch's shards: objects, state, who holds each now (or last ran it),
+    progress, runs."""
     table = Table(title=f"shards ({len(shards)})", title_justify="left", box=None)
     for column in ("shard", "objects", "state", "owner", "chunks settled", "delivered", "runs"):
         table.add_column(column, justify="right" if column != "owner" else "left")
@@ -154,7 +155,7 @@ def shard_table(
             str(shard.shard),
             f"{shard.first_object}-{shard.first_object + shard.objects - 1}",
             state,
-            shard.owner if live else "",
+            shard.owner if live else shard.sent_by or "",
             f"{progress['settled']}/{progress['chunks']}",
             f"{progress['delivered']:,}",
             str(shard.runs),

@@ -167,6 +167,10 @@ async def test_three_limited_replicas_share_a_sharded_batch_and_survive_a_killed
     runs = {s["shard"]: s["runs"] for s in status["shards"]}
     assert runs[shard] >= 2, runs  # started by the killed replica, run again by a survivor
     assert status["runs"] >= 2  # the batch too: resumed after the kill
+    # who delivered each shard, after every lease is gone: the retaken one, a survivor
+    owners = {s["shard"]: (s["owner"] or "").split(":")[0] for s in status["shards"]}
+    assert set(owners.values()) <= {r.config.parent.name for r in replicas}, owners
+    assert len(set(owners.values())) >= 2 and owners[shard] != name, owners
     assert await ready_messages(amqp_queue) == 0
 
     async with PostgresLedger(shared_ledger) as ledger:

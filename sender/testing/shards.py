@@ -85,6 +85,18 @@ class ShardsContract(LedgerSuite):
 
         assert (again.runs, again.state, again.error) == (2, "pending", None)
 
+    async def test_the_replica_that_last_ran_a_shard_is_kept_after_its_end(
+        self, ledger: Any
+    ) -> None:
+        await self._planned(ledger, [1, 1])
+        await ledger.start_shard("b-1", 1, "host-a:1:1.x")
+        await ledger.start_shard("b-1", 1, "host-b:2:2.y")  # taken over
+
+        await ledger.finish_shard("b-1", 1, "complete", {})
+
+        (untouched, ran) = await ledger.shards("b-1")
+        assert (untouched.sent_by, ran.sent_by) == (None, "host-b:2:2.y")
+
     async def test_a_shard_run_again_is_a_run_of_the_batch(self, ledger: Any) -> None:
         await self._planned(ledger, [1, 1])
         await ledger.start_shard("b-1", 0)
