@@ -9,10 +9,11 @@ a worker thread. Readers are streamed: memory holds a few read pieces, never a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .blocks import RecordBlock, consecutive_lines, numbered_lines
 from .chunker import Lines, framed
@@ -33,6 +34,8 @@ __all__ = [
     "list_batch",
     "read_records",
 ]
+
+_T = TypeVar("_T")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -115,15 +118,9 @@ async def read_records(
             reader = read_parquet(source, obj)
         else:
             raise SourceError(f"{obj.uri}: unknown format {fmt!r}")
-        try:
+        async with _closing(reader):
             async for block in reader:
                 yield block
-        finally:
-            # now, not when the garbage collector gets to it: the object's stream (an open
-            # part file, an HTTP body) is closed with the reader
-            close = getattr(reader, "aclose", None)
-            if close is not None:
-                await close()
 
 
 # -- JSONL ---------------------------------------------------------------------------------
@@ -209,22 +206,36 @@ def _frame_buffer(data: bytes, name: str, first_line_no: int) -> tuple[RecordBlo
     return block, len(lines)
 
 
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[_T]) -> AsyncGenerator[AsyncIterator[_T], None]:
+    """Close ``stream`` on the way out, when it can be closed: a reader stopped early closes
+    what it reads now, layer by layer down to the object's stream (an open part file, an
+    HTTP body), not when the garbage collector gets to it."""
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 async def _plain_pieces(source: Source, obj: ObjectInfo) -> AsyncIterator[bytes]:
     """The object's bytes, inflated when it is gzip (told by its magic, not its name)."""
     gunzip: _Gunzip | None = None
     first = True
-    async for piece in source.open(obj):
-        if first:
-            first = False
-            if piece[:2] == _GZIP_MAGIC:
-                gunzip = _Gunzip(obj.uri)
-        if gunzip is None:
-            yield piece
-            continue
-        gunzip.feed(piece)
-        # inflating releases the GIL: let it run beside the compressors
-        while out := await asyncio.to_thread(gunzip.read):
-            yield out
+    async with _closing(source.open(obj)) as pieces:
+        async for piece in pieces:
+            if first:
+                first = False
+                if piece[:2] == _GZIP_MAGIC:
+                    gunzip = _Gunzip(obj.uri)
+            if gunzip is None:
+                yield piece
+                continue
+            gunzip.feed(piece)
+            # inflating releases the GIL: let it run beside the compressors
+            while out := await asyncio.to_thread(gunzip.read):
+                yield out
     if gunzip is not None:
         gunzip.finish()
 
@@ -240,41 +251,43 @@ async def _read_jsonl(
     rest = b""
     line_no = 1
     skipping: bytes | None = None  # the head of a record too long to keep, while skipping it
-    async for piece in _plain_pieces(source, obj):
-        if skipping is not None:
-            end = piece.find(b"\n")
-            if end < 0:
-                continue  # still inside the long record: nothing kept
-            yield _too_long(skipping, obj.name, line_no, limit)
-            line_no += 1
-            skipping, piece = None, piece[end + 1 :]
-        cut = piece.rfind(b"\n") + 1
-        if not cut:
-            if len(rest) + len(piece) > limit:  # checked before the copy
-                skipping, rest = (rest[:_KEPT_BYTES] + piece[:_KEPT_BYTES])[:_KEPT_BYTES], b""
-            else:
-                rest += piece
-            continue
-        if rest and len(rest) + piece.find(b"\n") > limit:
-            # the line the last pieces began ends here, too long: a bad record
-            yield _too_long(rest[:_KEPT_BYTES], obj.name, line_no, limit)
-            line_no += 1
-            rest, piece = b"", piece[piece.find(b"\n") + 1 :]
+    pieces = _plain_pieces(source, obj)
+    async with _closing(pieces):
+        async for piece in pieces:
+            if skipping is not None:
+                end = piece.find(b"\n")
+                if end < 0:
+                    continue  # still inside the long record: nothing kept
+                yield _too_long(skipping, obj.name, line_no, limit)
+                line_no += 1
+                skipping, piece = None, piece[end + 1 :]
             cut = piece.rfind(b"\n") + 1
             if not cut:
-                rest = piece
+                if len(rest) + len(piece) > limit:  # checked before the copy
+                    skipping, rest = (rest[:_KEPT_BYTES] + piece[:_KEPT_BYTES])[:_KEPT_BYTES], b""
+                else:
+                    rest += piece
                 continue
-        # whole lines: the start of this piece completes the line the last one began;
-        # one copy, and none when the piece starts and ends on a line boundary
-        if rest:
-            data = b"".join((rest, memoryview(piece)[:cut]))
-        else:
-            data = piece if cut == len(piece) else piece[:cut]
-        rest = piece[cut:]
-        block, lines = _frame_buffer(data, obj.name, line_no)
-        line_no += lines
-        if block.lines or block.bad:
-            yield block
+            if rest and len(rest) + piece.find(b"\n") > limit:
+                # the line the last pieces began ends here, too long: a bad record
+                yield _too_long(rest[:_KEPT_BYTES], obj.name, line_no, limit)
+                line_no += 1
+                rest, piece = b"", piece[piece.find(b"\n") + 1 :]
+                cut = piece.rfind(b"\n") + 1
+                if not cut:
+                    rest = piece
+                    continue
+            # whole lines: the start of this piece completes the line the last one began;
+            # one copy, and none when the piece starts and ends on a line boundary
+            if rest:
+                data = b"".join((rest, memoryview(piece)[:cut]))
+            else:
+                data = piece if cut == len(piece) else piece[:cut]
+            rest = piece[cut:]
+            block, lines = _frame_buffer(data, obj.name, line_no)
+            line_no += lines
+            if block.lines or block.bad:
+                yield block
     if skipping is not None:
         yield _too_long(skipping, obj.name, line_no, limit)
         return
