@@ -7,9 +7,8 @@ import copy
 from collections.abc import Sequence
 from datetime import datetime
 
-from sender.errors import LedgerError
 from sender.ports import BatchRecord, RouteStats
-from sender.shard_ports import ShardEnd, ShardRecord, shard_lease_key
+from sender.shard_ports import ShardEnd, ShardRecord, no_shard, plan_of, shard_lease_key
 
 __all__ = ["MemoryShards"]
 
@@ -36,7 +35,7 @@ class MemoryShards:
     def _shard(self, batch_id: str, shard: int) -> ShardRecord:
         plan = self._plans.get(batch_id, [])
         if not 0 <= shard < len(plan):
-            raise LedgerError(f"batch {batch_id!r} has no shard {shard}")
+            raise no_shard(batch_id, shard)
         return plan[shard]
 
     def _shard_out(self, record: ShardRecord) -> ShardRecord:
@@ -51,11 +50,7 @@ class MemoryShards:
         await self._enter()
         self._require(batch_id)
         if replace or batch_id not in self._plans:
-            plan, first = [], 0
-            for index, size in enumerate(sizes):
-                plan.append(ShardRecord(batch_id, index, first, size))
-                first += size
-            self._plans[batch_id] = plan
+            self._plans[batch_id] = plan_of(batch_id, sizes)
         return [self._shard_out(s) for s in self._plans[batch_id]]
 
     async def shards(self, batch_id: str) -> list[ShardRecord]:

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from sender.errors import LedgerError
 from sender.ports import RouteStats
-from sender.shard_ports import ShardEnd, ShardRecord
+from sender.shard_ports import ShardEnd, ShardRecord, no_shard, plan_of
 from sender_adapters._sql import Migration, routes_value, unknown_batch
 from sender_adapters._sql_shards import SHARD_SELECT, shard_record
 from sender_adapters.postgres_store import NOW, PostgresStore, affected
@@ -57,20 +56,13 @@ async def _lock_batch(conn: asyncpg.Connection, batch_id: str) -> None:
         raise unknown_batch(batch_id)
 
 
-def _no_shard(batch_id: str, shard: int) -> LedgerError:
-    return LedgerError(f"batch {batch_id!r} has no shard {shard}")
-
-
 class PostgresShards(PostgresStore):
     """The ``Shards`` port on the database's ``shards`` table (see the ``Shards`` Protocol)."""
 
     async def plan_shards(
         self, batch_id: str, sizes: Sequence[int], *, replace: bool = False
     ) -> list[ShardRecord]:
-        rows, first = [], 0
-        for index, size in enumerate(sizes):
-            rows.append((batch_id, index, first, size))
-            first += size
+        rows = [(s.batch_id, s.shard, s.first_object, s.objects) for s in plan_of(batch_id, sizes)]
         async with self._transaction() as conn:
             await _lock_batch(conn, batch_id)
             if replace:
@@ -107,7 +99,7 @@ class PostgresShards(PostgresStore):
                 owner,
             )
             if affected(status) == 0:
-                raise _no_shard(batch_id, shard)
+                raise no_shard(batch_id, shard)
             started = next(s for s in await _plan(conn, batch_id) if s.shard == shard)
             if started.runs > 1:
                 await conn.execute(
@@ -131,7 +123,7 @@ class PostgresShards(PostgresStore):
                 "SELECT state FROM shards WHERE batch_id = $1 AND shard = $2", batch_id, shard
             )
             if before is None:
-                raise _no_shard(batch_id, shard)
+                raise no_shard(batch_id, shard)
             if before == "complete":
                 return False
             await conn.execute(

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from sender.errors import LedgerError
 from sender.ports import RouteStats
-from sender.shard_ports import ShardEnd, ShardRecord
+from sender.shard_ports import ShardEnd, ShardRecord, no_shard, plan_of
 from sender_adapters._sql import Migration, routes_value, unknown_batch
 from sender_adapters._sql_shards import SHARD_SELECT, shard_record
 from sender_adapters.sqlite_store import SqliteStore, dt, ts
@@ -52,20 +51,13 @@ def _plan(conn: sqlite3.Connection, batch_id: str) -> list[ShardRecord]:
     return [_shard(row) for row in conn.execute(sql, (batch_id,))]
 
 
-def _no_shard(batch_id: str, shard: int) -> LedgerError:
-    return LedgerError(f"batch {batch_id!r} has no shard {shard}")
-
-
 class SqliteShards(SqliteStore):
     """The ``Shards`` port on the store's ``shards`` table (see the ``Shards`` Protocol)."""
 
     async def plan_shards(
         self, batch_id: str, sizes: Sequence[int], *, replace: bool = False
     ) -> list[ShardRecord]:
-        rows, first = [], 0
-        for index, size in enumerate(sizes):
-            rows.append((batch_id, index, first, size))
-            first += size
+        rows = [(s.batch_id, s.shard, s.first_object, s.objects) for s in plan_of(batch_id, sizes)]
 
         def run(conn: sqlite3.Connection) -> list[ShardRecord]:
             if (
@@ -108,7 +100,7 @@ class SqliteShards(SqliteStore):
                 (now, owner, batch_id, shard),
             )
             if cursor.rowcount == 0:
-                raise _no_shard(batch_id, shard)
+                raise no_shard(batch_id, shard)
             started = next(s for s in _plan(conn, batch_id) if s.shard == shard)
             if started.runs > 1:
                 conn.execute("UPDATE batches SET runs = runs + 1 WHERE batch_id = ?", (batch_id,))
@@ -134,7 +126,7 @@ class SqliteShards(SqliteStore):
                 "SELECT state FROM shards WHERE batch_id = ? AND shard = ?", (batch_id, shard)
             ).fetchone()
             if row is None:
-                raise _no_shard(batch_id, shard)
+                raise no_shard(batch_id, shard)
             if row["state"] == "complete":
                 return False
             conn.execute(

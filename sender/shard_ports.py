@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, Self, runtime_checkable
 
+from .errors import LedgerError
 from .ledger_ports import RouteStats
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "ShardEnd",
     "ShardRecord",
     "Shards",
+    "no_shard",
+    "plan_of",
     "shard_lease_key",
     "shard_of",
     "shards_of",
@@ -70,6 +73,21 @@ class ShardRecord:
     owner: str | None = None
     lease_expires: datetime | None = None
     sent_by: str | None = None
+
+
+def plan_of(batch_id: str, sizes: Sequence[int]) -> list[ShardRecord]:
+    """The plan ``Shards.plan_shards`` records: shard k holds ``sizes[k]`` objects, starting
+    after those of the shards before it."""
+    plan, first = [], 0
+    for index, size in enumerate(sizes):
+        plan.append(ShardRecord(batch_id, index, first, size))
+        first += size
+    return plan
+
+
+def no_shard(batch_id: str, shard: int) -> LedgerError:
+    """The error of a ledger asked for a shard the batch's plan does not have."""
+    return LedgerError(f"batch {batch_id!r} has no shard {shard}")
 
 
 @runtime_checkable
