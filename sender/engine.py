@@ -329,20 +329,8 @@ class Engine:
         fresh = functools.partial(RouteRun.of, self.config, targets=self.targets)
         limit = self.config.daemon.max_record_bytes
         await plan_and_attach(self.ledger, message, runs, fresh, source, listing.objects, limit)
-        await self.deliver_objects(message, source, listing.objects, runs, stop)
+        await self.pump.deliver_objects(message, source, listing.objects, runs, stop)
         return None
-
-    async def deliver_objects(
-        self,
-        message: TriggerMessage,
-        source: Source,
-        objects: list[ObjectInfo],
-        runs: list[RouteRun],
-        stop: asyncio.Event,
-    ) -> None:
-        """Read ``objects`` once and drive the chunks ``runs`` cut of them to a terminal
-        state in the ledger (a whole batch's, or a shard's): ``sender.pump``."""
-        await self.pump.deliver_objects(message, source, objects, runs, stop)
 
     async def commit_diff(self, message: TriggerMessage, route: str) -> None:
         """After a replay: what the route has delivered by now enters its baseline."""

@@ -261,7 +261,7 @@ class Sharding:
             )
             mine = objects[shard.first_object : shard.first_object + shard.objects]
             source = await self.engine.source_for(message.uri)
-            await self.engine.deliver_objects(message, source, mine, runs, stop)
+            await self.engine.pump.deliver_objects(message, source, mine, runs, stop)
             if stop.is_set() or any(run.unsettled for run in runs):
                 state = BatchState.INCOMPLETE
         except (SourceError, BadRecordPolicyFailed) as exc:
