@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from .config import AppConfig
 from .engine import Engine
+from .errors import SenderError
 from .hooks import Hooks
 from .metered_ledger import metered
 from .metrics import Metrics
@@ -22,7 +23,7 @@ from .registry import ledger_class
 from .shared_limits import SharedLimitsClient
 from .targets import Target
 
-__all__ = ["App", "checkable_dead_letters", "open_ledger", "open_trigger"]
+__all__ = ["App", "checkable_dead_letters", "dead_letter_problems", "open_ledger", "open_trigger"]
 
 
 def open_ledger(url: str) -> Ledger:
@@ -113,3 +114,14 @@ def checkable_dead_letters(app: App) -> list[tuple[str, Checkable]]:
         (name, app.targets[name].destination) for name in sorted(names)
     ]
     return [(name, store) for name, store in stores if isinstance(store, Checkable)]
+
+
+async def dead_letter_problems(stores: list[tuple[str, Checkable]]) -> list[str]:
+    """Why each of ``stores`` (``checkable_dead_letters``) cannot take a chunk now."""
+    problems = []
+    for name, store in stores:
+        try:
+            await store.check()
+        except SenderError as exc:
+            problems.append(f"dead-letter store {name}: {exc}")
+    return problems

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .app import App, checkable_dead_letters, open_trigger
+from .app import App, checkable_dead_letters, dead_letter_problems, open_trigger
 from .control import ControlServer
 from .errors import BatchBusy, ConfigError, LedgerError, MessageError, SenderError, TriggerError
 from .log import get_logger
@@ -111,7 +111,7 @@ class Daemon:
             problems.append(f"trigger: {self.trigger_problem}")
         if self.problem:
             problems.append(self.problem)
-        problems.extend(await self._dead_letter_problems())
+        problems.extend(await dead_letter_problems(self._dead_letter_checks))
         return problems
 
     async def notes(self) -> list[str]:
@@ -130,16 +130,6 @@ class Daemon:
         if self.outbox is not None:
             with contextlib.suppress(SenderError):
                 await self.outbox.deliver_due()
-
-    async def _dead_letter_problems(self) -> list[str]:
-        """Dead-letter stores that say they cannot take a chunk now (``check()``)."""
-        problems = []
-        for name, store in self._dead_letter_checks:
-            try:
-                await store.check()
-            except SenderError as exc:
-                problems.append(f"dead-letter store {name}: {exc}")
-        return problems
 
     async def wait_settled(self, count: int = 1) -> list[Settlement]:
         """Wait until at least ``count`` messages were settled since start; return the
